@@ -1,0 +1,1 @@
+"""Signaling: the Microsoft Graph calls API, the notification webhook, call state, the CLI."""

@@ -1,0 +1,132 @@
+"""Inbound auth: validate the bearer token on every Graph notification (graph-comms.md 2.2).
+
+RS256 only, against keys from the notification OpenID configuration fetched over HTTPS; issuer
+one of Graph's two documented issuers; audience the bot's app id; a non-empty tenant claim; exp
+and nbf with an explicit leeway. Fails closed: no keys, no entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+
+from bot.errors import InboundAuthError
+
+logger = logging.getLogger(__name__)
+
+VALID_ISSUERS = ("https://graph.microsoft.com", "https://api.botframework.com")
+TENANT_CLAIMS = ("tid", "http://schemas.microsoft.com/identity/claims/tenantid")
+KEYS_MAX_AGE_SECONDS = 2 * 3600.0  # the .NET sample refreshes the OpenID config every 2 h
+UNKNOWN_KID_REFRESH_SECONDS = 60.0  # a forged kid must not make us hammer the key endpoint
+FETCH_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class InboundIdentity:
+    tenant_id: str
+    claims: dict[str, Any]
+
+
+class NotificationValidator:
+    def __init__(
+        self,
+        app_id: str,
+        openid_url: str,
+        session: aiohttp.ClientSession,
+        ssl_context: ssl.SSLContext | None = None,
+        leeway_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not openid_url.startswith("https://"):
+            raise ValueError("the notification OpenID configuration must be fetched over https")
+        self._app_id = app_id
+        self._openid_url = openid_url
+        self._session = session
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._leeway = leeway_seconds
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+        self.rejected = 0
+
+    async def validate(self, authorization: str | None) -> InboundIdentity:
+        try:
+            return await self._validate(authorization)
+        except InboundAuthError:
+            self.rejected += 1
+            raise
+
+    async def _validate(self, authorization: str | None) -> InboundIdentity:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise InboundAuthError("missing bearer token")
+        token = authorization[len("Bearer ") :].strip()
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise InboundAuthError(f"malformed token: {exc}") from None
+        if header.get("alg") != "RS256":
+            raise InboundAuthError(f"algorithm {header.get('alg')!r} is not accepted")
+        key = await self._key(str(header.get("kid", "")))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=self._app_id,
+                issuer=VALID_ISSUERS,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.InvalidTokenError as exc:
+            raise InboundAuthError(f"invalid token: {exc}") from None
+        tenant = next((claims[c] for c in TENANT_CLAIMS if claims.get(c)), None)
+        if not isinstance(tenant, str) or not tenant:
+            raise InboundAuthError("token has no tenant claim")
+        return InboundIdentity(tenant, claims)
+
+    async def _key(self, kid: str) -> jwt.PyJWK:
+        async with self._lock:
+            now = self._clock()
+            stale = self._fetched_at is None or now - self._fetched_at > KEYS_MAX_AGE_SECONDS
+            unknown_may_refresh = kid not in self._keys and (
+                self._fetched_at is None or now - self._fetched_at > UNKNOWN_KID_REFRESH_SECONDS
+            )
+            if stale or unknown_may_refresh:
+                try:
+                    await self._refresh()
+                    self._fetched_at = now
+                except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKError) as exc:
+                    logger.warning("NotificationValidator x key refresh failed: %r", exc)
+                    if stale:
+                        self._keys.clear()  # fail closed rather than trust keys past their age
+        key = self._keys.get(kid)
+        if key is None:
+            raise InboundAuthError(f"no signing key {kid!r}")
+        return key
+
+    async def _refresh(self) -> None:
+        config = await self._get_json(self._openid_url)
+        jwks_uri = config.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith("https://"):
+            raise ValueError("OpenID configuration has no https jwks_uri")
+        jwks = jwt.PyJWKSet.from_dict(await self._get_json(jwks_uri))
+        self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        async with self._session.get(
+            url, ssl=self._ssl, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)
+        ) as response:
+            response.raise_for_status()
+            data = await response.json(content_type=None)
+        if not isinstance(data, dict):
+            raise ValueError(f"{url} did not return a JSON object")
+        return data

@@ -1,0 +1,104 @@
+"""Settings from environment variables and an optional TOML file (DESIGN.md section 7).
+
+Names follow what Graph media-bot developers configure on Windows (AppId, AppSecret, ServiceFqdn,
+InstancePublicIPAddress, InstanceInternalPort, InstancePublicPort, callback URL), prefixed BOT_.
+Every default points at a locally run emulator (`python -m emulator serve`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "BOT_"
+EMULATOR_URL = "https://localhost:9443"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str = "00000000-0000-0000-0000-00000000b07a"
+    app_secret: str = "emulator-secret"
+    tenant_id: str = "00000000-0000-0000-0000-0000000000e1"
+    graph_url: str = f"{EMULATOR_URL}/v1.0"
+    authority_url: str = EMULATOR_URL  # login.microsoftonline.com in production
+    notification_openid_url: str = f"{EMULATOR_URL}/v1/.well-known/OpenIdConfiguration"
+    ca_file: str | None = None  # extra CA to trust for Graph, login and OpenID (the emulator's)
+    service_fqdn: str = "localhost"
+    instance_public_ip: str | None = None
+    instance_internal_port: int = 8445
+    instance_public_port: int | None = None
+    media_bind_host: str = "127.0.0.1"
+    cert_file: str | None = None  # PEM chain for service_fqdn: webhook and media endpoint
+    key_file: str | None = None
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 9441
+    callback_url: str | None = None  # default https://{service_fqdn}:{webhook port}/api/calling
+    notification_leeway_seconds: float = 300.0  # .NET's default clock skew (reliability.md 1.1)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, toml_path: str | None = None) -> Settings:
+        """TOML values first, environment variables over them. Raises SettingsError."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = toml_path or env.get(ENV_PREFIX + "CONFIG")
+        if path:
+            try:
+                values.update(tomllib.loads(Path(path).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise SettingsError(f"cannot read settings file {path}: {exc}") from None
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = env[name]
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+        parsed: dict[str, Any] = {}
+        for name, value in values.items():
+            kind = str(known[name].type)
+            if "int" in kind and value is not None:
+                try:
+                    parsed[name] = int(value)
+                except (TypeError, ValueError):
+                    raise SettingsError(f"{name} must be an integer, got {value!r}") from None
+                if not 0 <= parsed[name] <= 65535 and name.endswith("port"):
+                    raise SettingsError(f"{name} must be a port number, got {value!r}")
+            elif "float" in kind:
+                try:
+                    parsed[name] = float(value)
+                except (TypeError, ValueError):
+                    raise SettingsError(f"{name} must be a number, got {value!r}") from None
+            else:
+                parsed[name] = None if value == "" else value
+        settings = cls(**parsed)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("graph_url", "authority_url", "notification_openid_url"):
+            if not str(getattr(self, name)).startswith("https://"):
+                raise SettingsError(f"{name} must be an https URL")
+        if self.callback_url is not None and not self.callback_url.startswith("https://"):
+            raise SettingsError("callback_url must be an https URL (Graph requires it)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise SettingsError("cert_file and key_file go together")
+        for name in ("app_id", "app_secret", "tenant_id", "service_fqdn"):
+            if not getattr(self, name):
+                raise SettingsError(f"{name} must not be empty")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)

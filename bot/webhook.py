@@ -1,0 +1,63 @@
+"""The HTTPS notification webhook (graph-comms.md section 1.7). Authenticates before it parses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bot.calls import CallRegistry
+from bot.errors import InboundAuthError
+from bot.inbound_auth import NotificationValidator
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/api/calling"
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class WebhookStats:
+    accepted: int = 0
+    unauthorized: int = 0
+    malformed: int = 0
+
+
+VALIDATOR = web.AppKey("validator", NotificationValidator)
+REGISTRY = web.AppKey("registry", CallRegistry)
+STATS = web.AppKey("stats", WebhookStats)
+
+
+def create_app(validator: NotificationValidator, registry: CallRegistry) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[VALIDATOR] = validator
+    app[REGISTRY] = registry
+    app[STATS] = WebhookStats()
+    app.router.add_post(WEBHOOK_PATH, _notifications)
+    return app
+
+
+async def _notifications(request: web.Request) -> web.Response:
+    stats = request.app[STATS]
+    try:
+        await request.app[VALIDATOR].validate(request.headers.get("Authorization"))
+    except InboundAuthError as exc:
+        stats.unauthorized += 1
+        logger.info("Webhook x 401: %s", exc)
+        return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
+    try:
+        body = json.loads(await request.read())
+        items = body["value"]
+        if not isinstance(items, list):
+            raise TypeError("value is not an array")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        stats.malformed += 1
+        return web.json_response({"error": "badRequest", "message": f"{exc}"}, status=400)
+    registry = request.app[REGISTRY]
+    for item in items:
+        registry.apply(item)
+    stats.accepted += 1
+    # The .NET SDK answers 202 Accepted (graph-comms.md 1.7).
+    return web.Response(status=202)

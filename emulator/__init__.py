@@ -1,0 +1,9 @@
+"""A stand-in for Microsoft Graph and Teams' media processors on one machine.
+
+Written from the Graph documentation (shared/reference/graph-comms.md), independently of bot/ and
+media/, so that a shape error in the bot is caught here rather than mirrored.
+"""
+
+from emulator.server import Emulator, EmulatorConfig, EmulatorThread
+
+__all__ = ["Emulator", "EmulatorConfig", "EmulatorThread"]

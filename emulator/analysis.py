@@ -1,0 +1,74 @@
+"""How well did the participant hear itself back: correlation and delay of an echo.
+
+Recorded frames are laid on the participant's timeline the way a receiver with a fixed playout
+delay would play them: frame j at offset + j * 20 ms, where offset is the median over frames of
+(arrival - j * 20 ms). The echo delay is the lag of the cross-correlation peak between what was
+sent and what was heard; the correlation is normalised over the span that was heard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+RATE_HZ = 16_000
+FRAME_SECONDS = 0.020
+MAX_LAG_SECONDS = 1.0
+
+
+@dataclass
+class Recording:
+    """Frames with the monotonic time each was sent (or arrived)."""
+
+    times: list[float] = field(default_factory=list)
+    frames: list[npt.NDArray[np.int16]] = field(default_factory=list)
+
+    def add(self, t: float, pcm: npt.NDArray[np.int16]) -> None:
+        self.times.append(t)
+        self.frames.append(pcm)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True)
+class EchoReport:
+    correlation: float
+    delay_ms: float
+    frames_sent: int
+    frames_heard: int
+
+
+def playout(rec: Recording, t0: float) -> tuple[npt.NDArray[np.float64], int]:
+    """The recording as one signal on a timeline starting at t0; also its first sample index."""
+    if not rec.frames:
+        return np.zeros(0), 0
+    times = np.asarray(rec.times)
+    index = np.arange(len(times))
+    offset = float(np.median(times - index * FRAME_SECONDS)) - FRAME_SECONDS
+    start = max(0, round((offset - t0) * RATE_HZ))
+    signal = np.concatenate(rec.frames).astype(np.float64)
+    out = np.zeros(start + signal.shape[0])
+    out[start:] = signal
+    return out, start
+
+
+def echo_report(sent: Recording, heard: Recording) -> EchoReport:
+    if not sent.frames or not heard.frames:
+        return EchoReport(0.0, float("nan"), len(sent), len(heard))
+    t0 = sent.times[0]
+    s, _ = playout(sent, t0)
+    h, h_start = playout(heard, t0)
+    size = 1 << int(np.ceil(np.log2(s.shape[0] + h.shape[0])))
+    xcorr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(s, size)), size)
+    max_lag = min(int(MAX_LAG_SECONDS * RATE_HZ), size - 1)
+    lag = int(np.argmax(xcorr[: max_lag + 1]))
+    # Normalise over the heard span, against what was sent `lag` samples earlier.
+    lo = max(h_start, lag)
+    hi = min(h.shape[0], s.shape[0] + lag)
+    a, b = h[lo:hi], s[lo - lag : hi - lag]
+    denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    correlation = float(np.dot(a, b) / denom) if denom > 0 else 0.0
+    return EchoReport(correlation, lag * 1000.0 / RATE_HZ, len(sent), len(heard))

@@ -1,0 +1,94 @@
+"""The identity side: an OAuth 2.0 client-credentials token endpoint with OpenID discovery that
+the real MSAL library accepts (verified-facts.md), and the OpenID configuration that publishes the
+key signing call notifications (the api.aps.skype.com document, graph-comms.md section 2.2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from emulator.server import Emulator
+
+GRAPH_RESOURCE = "https://graph.microsoft.com"
+NOTIFICATION_ISSUER = "https://api.botframework.com"
+
+
+def routes(emulator: Emulator) -> list[web.RouteDef]:
+    async def openid_configuration(request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        base = f"{emulator.base_url}/{tenant}"
+        return web.json_response(
+            {
+                "issuer": f"https://login.microsoftonline.com/{tenant}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "response_types_supported": ["code", "id_token", "token"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_post"],
+                "tenant_region_scope": "EU",
+            }
+        )
+
+    async def token(request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", "AADSTS70003: grant type")
+        app = emulator.config.apps.get(str(form.get("client_id", "")))
+        if app is None or app.tenant_id != tenant:
+            return _oauth_error(400, "unauthorized_client", "AADSTS700016: unknown application")
+        if form.get("client_secret") != app.secret:
+            return _oauth_error(401, "invalid_client", "AADSTS7000215: invalid client secret")
+        if form.get("scope") != f"{GRAPH_RESOURCE}/.default":
+            return _oauth_error(400, "invalid_scope", "AADSTS70011: scope must be Graph .default")
+        lifetime = emulator.config.token_lifetime_seconds
+        access_token = emulator.token_key.sign(
+            {
+                "aud": GRAPH_RESOURCE,
+                "iss": f"https://sts.windows.net/{tenant}/",
+                "appid": app.app_id,
+                "tid": tenant,
+                "roles": ["Calls.JoinGroupCall.All", "Calls.AccessMedia.All"],
+            },
+            lifetime,
+        )
+        return web.json_response(
+            {
+                "token_type": "Bearer",
+                "expires_in": int(lifetime),
+                "ext_expires_in": int(lifetime),
+                "access_token": access_token,
+            }
+        )
+
+    async def keys(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [emulator.token_key.jwk()]})
+
+    async def notification_openid(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "issuer": NOTIFICATION_ISSUER,
+                "jwks_uri": f"{emulator.base_url}/v1/keys",
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }
+        )
+
+    async def notification_keys(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [k.jwk() for k in emulator.notification_keys]})
+
+    return [
+        web.get("/{tenant}/v2.0/.well-known/openid-configuration", openid_configuration),
+        web.post("/{tenant}/oauth2/v2.0/token", token),
+        web.get("/{tenant}/discovery/v2.0/keys", keys),
+        web.get("/v1/.well-known/OpenIdConfiguration", notification_openid),
+        web.get("/v1/keys", notification_keys),
+    ]
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    # RFC 6749 section 5.2 error response.
+    return web.json_response({"error": error, "error_description": description}, status=status)

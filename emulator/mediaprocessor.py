@@ -1,0 +1,191 @@
+"""The media processor (MP): Teams' side of the bot's media, speaking webrtc-mp/1.
+
+It connects to the blob's mpUri over TLS, proves the session token, offers one audio m-line, and
+then sends the meeting's audio to the bot with the speaking participants' MSIs as RTP CSRCs
+(RFC 3550 section 5.1, mixer semantics) and records what the bot sends back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import is_rtcp
+
+from emulator.analysis import Recording
+from emulator.participant import ParticipantScript, VoiceTrack
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "webrtc-mp/1"
+
+
+class MediaProcessorError(Exception):
+    """The bot's media endpoint could not be reached or refused us (Graph's 7112 case)."""
+
+
+SendRtp = Callable[[bytes], Coroutine[Any, Any, None]]
+
+
+def with_csrc(send_rtp: SendRtp, speakers: Callable[[], Sequence[int]]) -> SendRtp:
+    """Wrap a DTLS transport's _send_rtp so RTP packets carry the current speakers as CSRCs.
+
+    The CSRC list sits between the 12-byte fixed header and any header extension, and the CC
+    field (low 4 bits of byte 0) counts it (RFC 3550 section 5.1). RTCP passes untouched.
+    """
+
+    async def send(data: bytes) -> None:
+        csrcs = list(speakers())[:15]
+        if not csrcs or is_rtcp(data) or data[0] & 0x0F:
+            await send_rtp(data)
+            return
+        head = bytes([data[0] | len(csrcs)]) + data[1:12]
+        await send_rtp(head + b"".join(c.to_bytes(4, "big") for c in csrcs) + data[12:])
+
+    return send
+
+
+class MediaProcessorLink:
+    """One call's media between the emulated meeting and the bot."""
+
+    def __init__(self, blob: dict[str, Any], ssl_context: ssl.SSLContext | None) -> None:
+        for key in ("mpUri", "mpMediaSessionId", "token"):
+            if not isinstance(blob.get(key), str):
+                raise MediaProcessorError(f"the media config blob has no {key}")
+        self._blob = blob
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._voice: VoiceTrack | None = None
+        self._speaker: ParticipantScript | None = None
+        self.heard = Recording()
+        self.connected = asyncio.Event()
+        self.failed = asyncio.Event()
+
+    @property
+    def sent(self) -> Recording:
+        return self._voice.sent if self._voice is not None else Recording()
+
+    async def connect(self, speaker: ParticipantScript, within_seconds: float) -> None:
+        """Connect, negotiate and wait until ICE and DTLS are up. Raises MediaProcessorError."""
+        try:
+            await asyncio.wait_for(self._connect(speaker), within_seconds)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            await self.close("connect failed")
+            raise MediaProcessorError(f"media endpoint unreachable: {exc!r}") from exc
+
+    async def _connect(self, speaker: ParticipantScript) -> None:
+        self._session = aiohttp.ClientSession()
+        self._ws = ws = await self._session.ws_connect(
+            self._blob["mpUri"], ssl=self._ssl if self._ssl is not None else True
+        )
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "protocol": PROTOCOL,
+                    "mpMediaSessionId": self._blob["mpMediaSessionId"],
+                    "token": self._blob["token"],
+                }
+            )
+        )
+        welcome = await self._next_message(ws)
+        if welcome.get("type") != "welcome":
+            raise MediaProcessorError(f"the bot refused the media session: {welcome}")
+
+        self._pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._speaker = speaker
+        self._voice = VoiceTrack(speaker.seed)
+        sender = pc.addTrack(self._voice)
+        sender.transport._send_rtp = with_csrc(  # type: ignore[method-assign,assignment]
+            sender.transport._send_rtp, self._active_speakers
+        )
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                self._tasks.append(asyncio.create_task(self._record(track)))
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if pc.connectionState == "connected":
+                self.connected.set()
+            elif pc.connectionState in ("failed", "closed"):
+                self.failed.set()
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send_str(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+        answer = await self._next_message(ws)
+        if answer.get("type") != "answer" or not isinstance(answer.get("sdp"), str):
+            raise MediaProcessorError(f"expected an answer, got {answer}")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._tasks.append(asyncio.create_task(self._watch_control(ws)))
+        await self.connected.wait()
+
+    def _active_speakers(self) -> Sequence[int]:
+        return (self._speaker.msi,) if self._speaker is not None else ()
+
+    @staticmethod
+    async def _next_message(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        msg = await ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise MediaProcessorError(f"control channel closed ({msg.type.name})")
+        message = json.loads(msg.data)
+        if not isinstance(message, dict):
+            raise MediaProcessorError("control message is not an object")
+        return message
+
+    async def _watch_control(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                logger.debug("MP < %s", msg.data[:200])
+        self.failed.set()  # the bot's endpoint went away
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        """Record what the bot sends, as 20 ms 16 kHz frames stamped with their arrival."""
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
+        pending = np.empty(0, dtype=np.int16)
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                assert isinstance(frame, av.AudioFrame)
+                chunks = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+                pending = np.concatenate([pending, *chunks]).astype(np.int16, copy=False)
+                while pending.shape[0] >= 320:
+                    self.heard.add(now, pending[:320].copy())
+                    pending = pending[320:]
+        except MediaStreamError:
+            return
+
+    async def close(self, reason: str = "bye") -> None:
+        ws, pc, session = self._ws, self._pc, self._session
+        self._ws = self._pc = self._session = None
+        if ws is not None and not ws.closed:
+            try:
+                await ws.send_str(json.dumps({"type": "bye", "reason": reason}))
+            except (ConnectionError, RuntimeError):
+                pass
+            await ws.close()
+        if self._voice is not None:
+            self._voice.stop()
+        if pc is not None:
+            await pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if session is not None:
+            await session.close()

@@ -1,0 +1,160 @@
+"""The emulator's process-level object: config, keys, the HTTPS app, and a thread runner."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+
+from emulator import graph, login
+from emulator.analysis import EchoReport, Recording, echo_report
+from emulator.graph import EmulatedCall
+from emulator.keys import SigningKey
+from emulator.notifier import Notifier
+from emulator.participant import Meeting
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AppRegistration:
+    app_id: str
+    secret: str
+    tenant_id: str
+
+
+@dataclass
+class EmulatorConfig:
+    cert_file: str
+    key_file: str
+    trust_file: str | None = None  # CA bundle for the bots' webhooks and media endpoints
+    host: str = "127.0.0.1"
+    port: int = 0
+    apps: dict[str, AppRegistration] = field(default_factory=dict)
+    meetings: list[Meeting] = field(default_factory=list)
+    media_connect_timeout_seconds: float = 10.0
+    token_lifetime_seconds: float = 3600.0
+
+
+def create_app(emulator: Emulator) -> web.Application:
+    app = web.Application()
+    app.add_routes(login.routes(emulator))
+    app.add_routes(graph.routes(emulator))
+    return app
+
+
+class Emulator:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.token_key = SigningKey()
+        self.notification_keys = [SigningKey()]
+        self.calls: dict[str, EmulatedCall] = {}
+        self.client_ssl: ssl.SSLContext | None = None
+        if config.trust_file:
+            self.client_ssl = ssl.create_default_context(cafile=config.trust_file)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._notifier: Notifier | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.config.host}:{self.port}"
+
+    def meeting(self, thread_id: str) -> Meeting | None:
+        return next((m for m in self.config.meetings if m.thread_id == thread_id), None)
+
+    def join_url(self, meeting: Meeting) -> str:
+        """A Teams join URL in the documented form (graph-comms.md section 3, JoinInfo.cs)."""
+        context = urllib.parse.quote(
+            f'{{"Tid":"{meeting.tenant_id}","Oid":"{meeting.organizer_id}"}}'
+        )
+        thread = urllib.parse.quote(meeting.thread_id, safe="")
+        return f"https://teams.microsoft.com/l/meetup-join/{thread}/0?context={context}"
+
+    async def start(self) -> None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(self.config.cert_file, self.config.key_file)
+        self._session = aiohttp.ClientSession()
+        self._notifier = Notifier(self._session, self.client_ssl)
+        self._runner = web.AppRunner(create_app(self))
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, ssl_context=ssl_context
+        )
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        logger.info("Emulator listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+            if call.link is not None:
+                await call.link.close("emulator stopping")
+        await asyncio.gather(
+            *(c.task for c in self.calls.values() if c.task is not None), return_exceptions=True
+        )
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def post_notifications(self, call: EmulatedCall, items: list[dict[str, Any]]) -> int:
+        assert self._notifier is not None, "emulator not started"
+        return await self._notifier.post(
+            self.notification_keys[0],
+            call.callback_uri,
+            call.app_id,
+            call.tenant_id,
+            items,
+            call.scenario_id,
+        )
+
+    async def echo_report(self, call_id: str) -> tuple[EchoReport, Recording]:
+        """How the first participant heard the bot: correlation, delay, and the heard audio."""
+        call = self.calls[call_id]
+        if call.link is None:
+            return echo_report(Recording(), Recording()), Recording()
+        return echo_report(call.link.sent, call.link.heard), call.link.heard
+
+
+class EmulatorThread:
+    """Runs an Emulator on its own event loop in its own thread (the demo and the tests)."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.emulator = Emulator(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="emulator", daemon=True)
+
+    def start(self) -> Emulator:
+        self._thread.start()
+        self.run(self.emulator.start())
+        return self.emulator
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run a coroutine on the emulator's loop and wait for it from another thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return await asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.run(self.emulator.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10.0)
+        self._loop.close()

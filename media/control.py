@@ -1,0 +1,60 @@
+"""The media-control protocol "webrtc-mp/1" (docs/media-protocol.md): JSON text messages over a
+TLS WebSocket between the media processor (MP) and the bot's media platform.
+
+This module only encodes and validates messages; media/server.py runs the endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL = "webrtc-mp/1"
+MAX_MESSAGE_BYTES = 256 * 1024  # an SDP offer with 16 m-lines is ~20 KB
+
+# Required string fields per message type, sent by either side.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "hello": ("protocol", "mpMediaSessionId", "token"),
+    "welcome": ("mpMediaSessionId",),
+    "offer": ("sdp",),
+    "answer": ("sdp",),
+    "bye": (),
+    "error": ("code",),
+}
+
+
+class ControlError(ValueError):
+    """A control message that cannot be accepted; `code` goes back in an error message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse(text: str | bytes) -> dict[str, Any]:
+    """Decode and validate one control message. Raises ControlError with a precise reason."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ControlError("badMessage", f"message over {MAX_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ControlError("badMessage", f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ControlError("badMessage", "a message is a JSON object")
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in _REQUIRED:
+        raise ControlError("unknownType", f"unknown message type {kind!r}")
+    for name in _REQUIRED[kind]:
+        if not isinstance(message.get(name), str) or not message[name]:
+            raise ControlError("badMessage", f"{kind}: field {name!r} must be a non-empty string")
+    return message
+
+
+def encode(kind: str, **fields: Any) -> str:
+    if kind not in _REQUIRED:
+        raise ValueError(f"unknown message type {kind!r}")
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+
+
+def error(code: str, message: str) -> str:
+    return encode("error", code=code, message=message)

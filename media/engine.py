@@ -1,0 +1,210 @@
+"""aiortc glue: our audio receive path on a hooked RTCRtpReceiver, and the send track.
+
+aiortc keeps ICE, DTLS, SRTP and SDP. Its stock audio receive path adds a fixed 80 ms jitter
+prefetch, drops CSRCs and queues decoded frames without bound (shared/reference/
+aiortc-internals.md section 1), so the receiver's `_handle_rtp_packet` is replaced on the instance
+and every decrypted packet comes to AudioReceiver instead. tests/test_aiortc_internals.py fails
+loudly if the internals this relies on change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+
+from media.clock import Clock, to_ticks
+from media.codec import RTP_TICKS_PER_FRAME, OpusDecoder, OpusEncoder
+from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame
+from media.ring import Ring
+
+logger = logging.getLogger(__name__)
+
+# A send-side allowance: RTP timestamps may lag real time by this many frames before they jump
+# forward (a talkspurt gap), so steady 50 fps output stays contiguous despite scheduling jitter.
+SEND_JITTER_ALLOWANCE_FRAMES = 3
+OPUS_TIME_BASE = Fraction(1, 48_000)
+
+
+@dataclass(slots=True)
+class ReceiveStats:
+    packets: int = 0
+    frames: int = 0
+    late_or_duplicate: int = 0
+    decode_errors: int = 0
+
+
+def _seq_newer(a: int, b: int) -> bool:
+    """True if 16-bit RTP sequence number a comes after b (serial arithmetic, RFC 1982)."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+class AudioReceiver:
+    """Turns decrypted Opus RTP packets into 20 ms 16 kHz frames tagged with their CSRCs.
+
+    Runs inline in aiortc's DTLS receive task, so it does a bounded amount of work per packet and
+    never awaits: decode (~30 us) and resample (~12 us) per perf-baseline.md. Packets that arrive
+    after a newer one are dropped (the adaptive jitter buffer and concealment come with issue 4).
+    """
+
+    def __init__(self, ring: Ring[AudioFrame], clock: Clock) -> None:
+        self._ring = ring
+        self._clock = clock
+        self._decoder = OpusDecoder()
+        self._pending = np.empty(0, dtype=np.int16)
+        self._last_seq: int | None = None
+        self._sequence = 0
+        self.stats = ReceiveStats()
+
+    async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int = 0) -> None:
+        """Replacement for RTCRtpReceiver._handle_rtp_packet (same signature, awaited inline)."""
+        self.stats.packets += 1
+        if self._last_seq is not None and not _seq_newer(packet.sequence_number, self._last_seq):
+            self.stats.late_or_duplicate += 1
+            return
+        self._last_seq = packet.sequence_number
+        try:
+            chunks = self._decoder.decode(packet.payload)
+        except (av.FFmpegError, ValueError) as exc:
+            self.stats.decode_errors += 1
+            logger.debug(
+                "AudioReceiver x undecodable packet seq=%d: %s", packet.sequence_number, exc
+            )
+            return
+        if chunks:
+            self._pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
+        speakers = tuple(packet.csrc)
+        while self._pending.shape[0] >= AUDIO_FRAME_SAMPLES:
+            pcm = self._pending[:AUDIO_FRAME_SAMPLES].copy()
+            self._pending = self._pending[AUDIO_FRAME_SAMPLES:]
+            self._sequence += 1
+            self.stats.frames += 1
+            self._ring.push(
+                AudioFrame(
+                    pcm=pcm,
+                    timestamp=to_ticks(self._clock.now()),
+                    active_speakers=speakers,
+                    is_silence=not speakers,
+                    sequence=self._sequence,
+                )
+            )
+
+
+class SendTrack(MediaStreamTrack):
+    """An aiortc audio track fed from the socket's send ring by the hot loop.
+
+    It hands aiortc ready Opus packets (aiortc's pre-encoded path, aiortc-internals.md section 2)
+    so the encoder is ours (media/codec.py) and runs on the codec executor, off the media loop.
+
+    recv() waits for the next frame without polling: the hot loop's push wakes it through
+    call_soon_threadsafe, but only while it is actually waiting (the `_armed` flag), so a busy
+    stream costs no cross-thread wake-ups.
+
+    RTP timestamps (via pts) stay contiguous while frames come at about real-time pace and jump
+    forward after the application was quiet, so the far end's jitter buffer sees real time.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        ring: Ring[AudioFrame],
+        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
+        executor: Executor | None = None,
+    ) -> None:
+        super().__init__()
+        self._ring = ring
+        self._media_loop = loop
+        self._clock = clock
+        self._executor = executor
+        self._encoder = OpusEncoder()
+        self._wake = asyncio.Event()
+        self._armed = False
+        self._start: float | None = None
+        self._frame_index = 0
+        self.frames_sent = 0
+        ring.on_push = self._on_push
+
+    def _on_push(self) -> None:
+        if self._armed:
+            self._armed = False
+            self._media_loop.call_soon_threadsafe(self._wake.set)
+
+    async def recv(self) -> av.Packet:
+        while True:
+            frame = await self._next_frame()
+            payloads = await self._media_loop.run_in_executor(
+                self._executor, self._encoder.encode, frame.pcm
+            )
+            if payloads:
+                packet = av.Packet(payloads[0])
+                packet.pts = self._next_index() * RTP_TICKS_PER_FRAME
+                packet.time_base = OPUS_TIME_BASE
+                self.frames_sent += 1
+                return packet
+
+    async def _next_frame(self) -> AudioFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            frame = self._ring.pop()
+            if frame is None:
+                self._wake.clear()
+                self._armed = True
+                frame = self._ring.pop()  # a push between pop() and arming must not be lost
+            if frame is not None:
+                self._armed = False
+                return frame
+            await self._wake.wait()
+
+    def _next_index(self) -> int:
+        """The frame's slot on the RTP timeline: contiguous, or real time minus the allowance."""
+        now = self._clock.now()
+        if self._start is None:
+            self._start = now
+            index = 0
+        else:
+            real = int((now - self._start) / AUDIO_FRAME_SECONDS)
+            index = max(self._frame_index + 1, real - SEND_JITTER_ALLOWANCE_FRAMES)
+        self._frame_index = index
+        return index
+
+    def stop(self) -> None:
+        super().stop()
+        self._media_loop.call_soon_threadsafe(self._wake.set)
+
+
+def new_peer_connection() -> RTCPeerConnection:
+    # iceServers=[]: otherwise aiortc falls back to a public STUN server (verified-facts.md).
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+async def answer_audio_offer(
+    pc: RTCPeerConnection, offer_sdp: str, receiver: AudioReceiver, send_track: SendTrack
+) -> str:
+    """Apply the MP's offer, hook the audio receiver, attach the send track; return the answer."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+    if not audio:
+        raise ValueError("the offer has no audio m-line")
+    # Safe right after setRemoteDescription: receive() and RTP registration happen later, once
+    # DTLS connects (aiortc-internals.md section 1, option A).
+    audio[0].receiver._handle_rtp_packet = receiver.handle_rtp  # type: ignore[method-assign]
+    pc.addTrack(send_track)
+    answer = await pc.createAnswer()
+    await pc.setLocalDescription(answer)
+    return pc.localDescription.sdp

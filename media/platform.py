@@ -1,0 +1,174 @@
+"""MediaPlatform: owns the media thread (asyncio, uvloop if installed), the TLS media-control
+endpoint and the hot-loop thread, and creates one LocalMediaSession per call."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from media.clock import Clock, MonotonicClock
+from media.pipeline.hotloop import HotLoop
+from media.pipeline.processor import AudioProcessor
+from media.server import ControlStats, create_app
+from media.session import LocalMediaSession, MediaEvent
+
+logger = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_SECONDS = 15.0
+
+
+class MediaPlatformError(Exception):
+    """The media platform could not start or do what was asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPlatformSettings:
+    """Names as users of Microsoft.Skype.Bots.Media know them (graph-comms.md section 4.2)."""
+
+    service_fqdn: str = "localhost"
+    certificate_file: str | None = None  # PEM chain for service_fqdn
+    private_key_file: str | None = None
+    instance_internal_port: int = 8445  # 0: any free port (tests, demo)
+    instance_public_port: int | None = None  # None: the bound internal port
+    bind_host: str = "127.0.0.1"
+
+
+def _new_media_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency off Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class MediaPlatform:
+    def __init__(
+        self,
+        settings: MediaPlatformSettings,
+        on_event: Callable[[MediaEvent], None] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or MonotonicClock()
+        self.control_stats = ControlStats()
+        self.hot_loop = HotLoop(self.clock)
+        # Encoders run here, off the media loop (libopus releases the GIL while it works).
+        self._codec_executor = concurrent.futures.ThreadPoolExecutor(2, "codec")
+        self._on_event = on_event or (lambda event: None)
+        self._sessions: dict[str, LocalMediaSession] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.bound_port = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the media thread and the hot loop; returns once the endpoint listens."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run_media_thread, args=(ready,), name="media-loop", daemon=True
+        )
+        self._thread.start()
+        try:
+            ready.result(STARTUP_TIMEOUT_SECONDS)
+        except Exception as exc:
+            raise MediaPlatformError(f"media platform failed to start: {exc}") from exc
+        self.hot_loop.start()
+
+    def _run_media_thread(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = self._loop = _new_media_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except Exception as exc:
+            ready.set_exception(exc)
+            loop.close()
+            return
+        ready.set_result(None)
+        loop.run_forever()
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    async def _serve(self) -> None:
+        s = self.settings
+        ssl_context = None
+        if s.certificate_file:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(s.certificate_file, s.private_key_file)
+        self._runner = web.AppRunner(create_app(self, self.control_stats))
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, s.bind_host, s.instance_internal_port, ssl_context=ssl_context
+        )
+        await site.start()
+        self.bound_port = int(self._runner.addresses[0][1])
+        logger.info("MediaPlatform listening on %s:%d", s.bind_host, self.bound_port)
+
+    def stop(self) -> None:
+        """Close every session, stop the endpoint, the media thread and the hot loop."""
+        self.hot_loop.stop()
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(STARTUP_TIMEOUT_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(STARTUP_TIMEOUT_SECONDS)
+        self._codec_executor.shutdown(wait=True)
+
+    async def _shutdown(self) -> None:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            await session.close("platform shutdown")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    @property
+    def mp_uri_base(self) -> str:
+        port = self.settings.instance_public_port or self.bound_port
+        return f"wss://{self.settings.service_fqdn}:{port}"
+
+    def create_session(
+        self, processors: list[AudioProcessor] | None = None, receive_unmixed: bool = False
+    ) -> LocalMediaSession:
+        """Thread-safe. The processors run on the hot loop over the session's audio."""
+        if not self.bound_port:
+            raise MediaPlatformError("the media platform is not started")
+        session = LocalMediaSession(
+            self.mp_uri_base, self.clock, self._emit, receive_unmixed, self._codec_executor
+        )
+        with self._lock:
+            self._sessions[session.id] = session
+        self.hot_loop.add(session.id, session.audio_socket, processors or [])
+        return session
+
+    def session(self, session_id: str) -> LocalMediaSession | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    async def close_session(self, session_id: str, reason: str = "") -> None:
+        """Awaitable from any loop: closes the session on the media loop and forgets it."""
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        self.hot_loop.remove(session_id)
+        if session is None or self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(session.close(reason), self._loop)
+        await asyncio.wrap_future(future)
+
+    def _emit(self, event: MediaEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # the control side's bug must not break the media loop
+            logger.exception("MediaPlatform x event handler failed for %s", event)

@@ -1,0 +1,120 @@
+"""The TLS WebSocket media-control endpoint the media processor connects to (DESIGN.md section 4).
+
+Runs on the media loop. Authenticates before anything else, answers one offer per session, and
+answers every malformed or unknown message with an error message (counted), never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import WSMsgType, web
+
+from media import control
+from media.session import LocalMediaSession
+
+logger = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class ControlStats:
+    connections: int = 0
+    rejected: int = 0
+    bad_messages: int = 0
+
+
+class SessionDirectory(Protocol):
+    def session(self, session_id: str) -> LocalMediaSession | None: ...
+
+
+SESSIONS = web.AppKey("sessions", SessionDirectory)
+STATS = web.AppKey("stats", ControlStats)
+
+
+def create_app(sessions: SessionDirectory, stats: ControlStats) -> web.Application:
+    app = web.Application()
+    app[SESSIONS] = sessions
+    app[STATS] = stats
+    app.router.add_get("/MediaProcessor/{session_id}", _media_processor)
+    return app
+
+
+async def _reject(ws: web.WebSocketResponse, stats: ControlStats, code: str, why: str) -> None:
+    stats.rejected += 1
+    logger.info("MediaControl x rejected: %s (%s)", code, why)
+    await ws.send_str(control.error(code, why))
+    await ws.close()
+
+
+async def _media_processor(request: web.Request) -> web.WebSocketResponse:
+    stats = request.app[STATS]
+    ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=control.MAX_MESSAGE_BYTES)
+    await ws.prepare(request)
+    stats.connections += 1
+    path_id = request.match_info["session_id"]
+    try:
+        first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_SECONDS)
+    except TimeoutError:
+        await _reject(ws, stats, "timeout", "no hello")
+        return ws
+    if first.type != WSMsgType.TEXT:
+        await _reject(ws, stats, "badMessage", "expected a hello text message")
+        return ws
+    try:
+        hello = control.parse(first.data)
+    except control.ControlError as exc:
+        await _reject(ws, stats, exc.code, str(exc))
+        return ws
+    session = request.app[SESSIONS].session(path_id)
+    if hello["type"] != "hello":
+        await _reject(ws, stats, "badState", "the first message must be hello")
+    elif hello["protocol"] != control.PROTOCOL:
+        await _reject(ws, stats, "unsupportedProtocol", f"this endpoint speaks {control.PROTOCOL}")
+    elif session is None or hello["mpMediaSessionId"] != path_id:
+        await _reject(ws, stats, "unknownSession", "no such media session")
+    elif not hmac.compare_digest(hello["token"].encode(), session.token.encode()):
+        await _reject(ws, stats, "unauthorized", "bad session token")
+    elif session.state != "created":
+        await _reject(ws, stats, "sessionBusy", f"session is {session.state}")
+    else:
+        await ws.send_str(control.encode("welcome", mpMediaSessionId=session.id))
+        await _serve(ws, session, stats)
+    return ws
+
+
+async def _serve(
+    ws: web.WebSocketResponse, session: LocalMediaSession, stats: ControlStats
+) -> None:
+    reason = "media processor disconnected"
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                stats.bad_messages += 1
+                await ws.send_str(control.error("badMessage", "text messages only"))
+                continue
+            try:
+                message = control.parse(msg.data)
+                if message["type"] == "offer":
+                    answer = await session.accept_offer(message["sdp"])
+                    await ws.send_str(control.encode("answer", sdp=answer))
+                elif message["type"] == "bye":
+                    reason = str(message.get("reason", "bye"))
+                    break
+                else:
+                    raise control.ControlError("badState", f"unexpected {message['type']}")
+            except control.ControlError as exc:
+                stats.bad_messages += 1
+                await ws.send_str(control.error(exc.code, str(exc)))
+            except ValueError as exc:  # an offer aiortc or we cannot take
+                stats.bad_messages += 1
+                await ws.send_str(control.error("badOffer", str(exc)))
+    finally:
+        await session.close(reason)
+        if not ws.closed:
+            await ws.close()
