@@ -23,10 +23,28 @@ from emulator import EmulatorConfig, EmulatorThread
 from emulator.analysis import Recording
 from emulator.participant import Meeting, ParticipantScript
 from emulator.server import AppRegistration
+from media.frames import AudioFrame
+from media.pipeline import EchoProcessor
 
 ESTABLISH_TIMEOUT_SECONDS = 30.0
 TERMINATE_TIMEOUT_SECONDS = 15.0
 DEMO_MSI = 0x2A11
+
+
+class SpeakerTally:
+    """Counts frames per active speaker MSI: shows the CSRC tags reach the pipeline."""
+
+    name = "speaker-tally"
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.frames: dict[int, int] = {}
+
+    def process(self, frame: AudioFrame) -> AudioFrame | None:
+        self.seen += 1
+        for msi in frame.active_speakers:
+            self.frames[msi] = self.frames.get(msi, 0) + 1
+        return frame
 
 
 def demo_meeting(tenant_id: str) -> Meeting:
@@ -89,7 +107,8 @@ async def run_demo(
         authority_url=base,
         notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",
     )
-    bot = Bot(settings)
+    tally = SpeakerTally()
+    bot = Bot(settings, processors=lambda: [tally, EchoProcessor()])
     try:
         await bot.start()
         call = await bot.join(emulator.join_url(meeting))
@@ -134,6 +153,8 @@ async def run_demo(
         "echo_delay_ms": round(report.delay_ms, 1),
         "roster": roster,
         "speaker_msis": sorted(call.msi_to_participant()),
+        "speaker_frames": {str(msi): n for msi, n in sorted(tally.frames.items())},
+        "frames_processed": tally.seen,
         "hot_loop_late_ticks": bot.media.hot_loop.stats.late_ticks,
         "wall_seconds": round(time.monotonic() - started, 1),
     }

@@ -2,8 +2,10 @@
 
 Recorded frames are laid on the participant's timeline the way a receiver with a fixed playout
 delay would play them: frame j at offset + j * 20 ms, where offset is the median over frames of
-(arrival - j * 20 ms). The echo delay is the lag of the cross-correlation peak between what was
-sent and what was heard; the correlation is normalised over the span that was heard.
+(time - j * 20 ms), the time being when the participant handed a frame to its sender or when one
+arrived back. Both sides are placed alike, so the lag is the true hand-over-to-arrival delay.
+The echo delay is the lag of the cross-correlation peak between what was sent and what was
+heard; the correlation is normalised over the span that was heard.
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ class EchoReport:
     frames_heard: int
 
 
+def playout_offset(rec: Recording) -> float:
+    """When frame 0 plays, for a receiver that plays frame j at offset + j * 20 ms."""
+    index = np.arange(len(rec.times))
+    return float(np.median(np.asarray(rec.times) - index * FRAME_SECONDS))
+
+
 def playout(rec: Recording, t0: float) -> tuple[npt.NDArray[np.float64], int]:
     """The recording as one signal on a timeline starting at t0; also its first sample index."""
     if not rec.frames:
         return np.zeros(0), 0
-    times = np.asarray(rec.times)
-    index = np.arange(len(times))
-    offset = float(np.median(times - index * FRAME_SECONDS)) - FRAME_SECONDS
-    start = max(0, round((offset - t0) * RATE_HZ))
+    start = round((playout_offset(rec) - t0) * RATE_HZ)
+    if start < 0:
+        raise ValueError("t0 is after the recording starts")
     signal = np.concatenate(rec.frames).astype(np.float64)
     out = np.zeros(start + signal.shape[0])
     out[start:] = signal
@@ -58,7 +65,7 @@ def playout(rec: Recording, t0: float) -> tuple[npt.NDArray[np.float64], int]:
 def echo_report(sent: Recording, heard: Recording) -> EchoReport:
     if not sent.frames or not heard.frames:
         return EchoReport(0.0, float("nan"), len(sent), len(heard))
-    t0 = sent.times[0]
+    t0 = playout_offset(sent)
     s, _ = playout(sent, t0)
     h, h_start = playout(heard, t0)
     size = 1 << int(np.ceil(np.log2(s.shape[0] + h.shape[0])))

@@ -85,7 +85,14 @@ class AudioReceiver:
             )
             return
         if chunks:
-            self._pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
+            pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
+            if self.stats.frames == 0 and pending.shape[0] % AUDIO_FRAME_SAMPLES:
+                # The resampler holds back a few samples. Without this one-off pad, frame k would
+                # complete only when packet k+1 arrives: 20 ms of standing delay for ~1 ms of
+                # filter history.
+                short = AUDIO_FRAME_SAMPLES - pending.shape[0] % AUDIO_FRAME_SAMPLES
+                pending = np.concatenate([np.zeros(short, np.int16), pending])
+            self._pending = pending
         speakers = tuple(packet.csrc)
         while self._pending.shape[0] >= AUDIO_FRAME_SAMPLES:
             pcm = self._pending[:AUDIO_FRAME_SAMPLES].copy()

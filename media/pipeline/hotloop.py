@@ -64,6 +64,11 @@ class HotLoop:
         with self._lock:
             self._sessions.pop(session_id, None)
 
+    @property
+    def session_count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
     def tick(self) -> None:
         """One tick's work over every session. Pure CPU over the rings; tests call it directly."""
         with self._lock:

@@ -1,0 +1,41 @@
+"""The echo measurement itself: it must find a known delay and reject unrelated audio."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emulator.analysis import Recording, echo_report
+from emulator.signal import VoiceLikeSignal
+
+
+def _recordings(
+    delay_frames: int, lost_head: int, heard_signal_seed: int
+) -> tuple[Recording, Recording]:
+    sent, heard = Recording(), Recording()
+    said, other = VoiceLikeSignal(11), VoiceLikeSignal(heard_signal_seed)
+    frames = [said.next_frame() for _ in range(250)]
+    for i, pcm in enumerate(frames):
+        sent.add(10.0 + i * 0.02, pcm)
+    for i in range(lost_head, 250):
+        pcm = frames[i] if heard_signal_seed == 11 else other.next_frame()
+        # Heard with jittery arrival, `delay_frames` later.
+        jitter = 0.003 * np.sin(i)
+        heard.add(10.0 + (i + delay_frames) * 0.02 + jitter, pcm)
+    return sent, heard
+
+
+def test_finds_a_known_delay_with_full_correlation() -> None:
+    report = echo_report(*_recordings(delay_frames=5, lost_head=30, heard_signal_seed=11))
+    assert report.correlation > 0.99
+    assert abs(report.delay_ms - 100.0) <= 1.0
+    assert (report.frames_sent, report.frames_heard) == (250, 220)
+
+
+def test_unrelated_audio_does_not_correlate() -> None:
+    report = echo_report(*_recordings(delay_frames=5, lost_head=0, heard_signal_seed=99))
+    assert report.correlation < 0.3
+
+
+def test_nothing_heard_is_zero() -> None:
+    sent, _ = _recordings(5, 0, 11)
+    assert echo_report(sent, Recording()).correlation == 0.0

@@ -1,0 +1,96 @@
+"""The bot against the emulator over real HTTPS, with real MSAL tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bot.app import Bot
+from bot.devcerts import DevCerts
+from bot.errors import GraphAuthError, GraphError
+from bot.graph.auth import TokenProvider
+from bot.graph.client import GraphClient
+from emulator import Emulator
+from tests.conftest import APP_ID, TENANT_ID, settings_for
+
+
+@pytest.fixture
+async def graph(emulator: Emulator, certs: DevCerts) -> AsyncIterator[GraphClient]:
+    tokens = TokenProvider(APP_ID, "test-secret", f"{emulator.base_url}/{TENANT_ID}", certs.ca_file)
+    async with aiohttp.ClientSession() as session:
+        import ssl
+
+        yield GraphClient(
+            f"{emulator.base_url}/v1.0",
+            tokens,
+            session,
+            ssl.create_default_context(cafile=certs.ca_file),
+        )
+
+
+async def test_wrong_secret_is_a_typed_auth_error(emulator: Emulator, certs: DevCerts) -> None:
+    tokens = TokenProvider(APP_ID, "wrong", f"{emulator.base_url}/{TENANT_ID}", certs.ca_file)
+    with pytest.raises(GraphAuthError) as caught:
+        await tokens.token()
+    assert caught.value.code == "invalid_client"
+
+
+async def test_msal_token_is_cached(emulator: Emulator, certs: DevCerts) -> None:
+    tokens = TokenProvider(APP_ID, "test-secret", f"{emulator.base_url}/{TENANT_ID}", certs.ca_file)
+    assert await tokens.token() == await tokens.token()
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"@odata.type": "#microsoft.graph.call"}, 400),
+        ({"@odata.type": "#microsoft.graph.call", "callbackUri": "http://plain"}, 400),
+        ([1, 2, 3], 400),
+    ],
+)
+async def test_graph_rejects_malformed_calls_with_typed_errors(
+    graph: GraphClient, body: object, status: int
+) -> None:
+    with pytest.raises(GraphError) as caught:
+        await graph.request("POST", "/communications/calls", body)  # type: ignore[arg-type]
+    assert caught.value.status == status
+    assert caught.value.code == "BadRequest"
+
+
+async def test_unknown_call_is_404(graph: GraphClient) -> None:
+    with pytest.raises(GraphError) as caught:
+        await graph.delete_call("00000000-0000-0000-0000-000000000000")
+    assert caught.value.status == 404
+
+
+async def test_unreachable_media_endpoint_ends_the_call_with_7112(
+    emulator: Emulator, certs: DevCerts
+) -> None:
+    """The classic misconfiguration: the blob advertises a port nobody listens on."""
+    bot = Bot(settings_for(emulator, certs).replace(instance_public_port=9))
+    await bot.start()
+    try:
+        call = await bot.join(emulator.join_url(emulator.config.meetings[0]))
+        await call.wait_for("terminated", 15.0)
+    finally:
+        await bot.stop()
+    assert "established" not in call.states_seen
+    assert call.result_info is not None
+    assert (call.result_info["code"], call.result_info["subcode"]) == (500, 7112)
+
+
+async def test_join_url_for_unknown_meeting_is_404_and_frees_the_media_session(
+    emulator: Emulator, certs: DevCerts
+) -> None:
+    bot = Bot(settings_for(emulator, certs))
+    await bot.start()
+    try:
+        url = emulator.join_url(emulator.config.meetings[0]).replace("dGVzdA", "bm9uZQ")
+        with pytest.raises(GraphError) as caught:
+            await bot.join(url)
+        assert caught.value.status == 404
+        assert bot.media.hot_loop.session_count == 0
+    finally:
+        await bot.stop()

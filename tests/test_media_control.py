@@ -1,0 +1,113 @@
+"""The media-control endpoint: bad input gets an error message, never a crash (DESIGN.md 4)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from bot.devcerts import DevCerts
+from media import MediaPlatform, MediaPlatformSettings
+from media.control import PROTOCOL
+
+
+@pytest.fixture
+def platform(certs: DevCerts) -> Iterator[MediaPlatform]:
+    media = MediaPlatform(
+        MediaPlatformSettings(
+            certificate_file=certs.cert_file,
+            private_key_file=certs.key_file,
+            instance_internal_port=0,
+        )
+    )
+    media.start()
+    yield media
+    media.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def hello(session_id: str, token: str) -> str:
+    return json.dumps(
+        {"type": "hello", "protocol": PROTOCOL, "mpMediaSessionId": session_id, "token": token}
+    )
+
+
+async def _exchange(
+    http: aiohttp.ClientSession, ssl_ctx: ssl.SSLContext, uri: str, *messages: str | bytes
+) -> list[dict[str, object]]:
+    replies: list[dict[str, object]] = []
+    async with http.ws_connect(uri, ssl=ssl_ctx) as ws:
+        for message in messages:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_str(message)
+            reply = await ws.receive(timeout=5)
+            if reply.type != aiohttp.WSMsgType.TEXT:
+                break
+            replies.append(json.loads(reply.data))
+    return replies
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ("{not json", "badMessage"),
+        ('{"type": "offer", "sdp": "v=0"}', "badState"),
+        ('{"type": "launch-missiles"}', "unknownType"),
+        (b"\x00\x01", "badMessage"),
+    ],
+)
+async def test_bad_first_message_is_refused(
+    platform: MediaPlatform,
+    http: aiohttp.ClientSession,
+    client_ssl: ssl.SSLContext,
+    first: str | bytes,
+    code: str,
+) -> None:
+    session = platform.create_session()
+    replies = await _exchange(http, client_ssl, session.mp_uri, first)
+    assert replies[0]["type"] == "error" and replies[0]["code"] == code
+    assert session.state == "created"  # untouched, still joinable
+
+
+async def test_wrong_token_and_unknown_session_are_refused(
+    platform: MediaPlatform, http: aiohttp.ClientSession, client_ssl: ssl.SSLContext
+) -> None:
+    session = platform.create_session()
+    replies = await _exchange(http, client_ssl, session.mp_uri, hello(session.id, "forged"))
+    assert replies[0]["code"] == "unauthorized"
+    other = session.mp_uri.replace(session.id, "not-a-session")
+    replies = await _exchange(http, client_ssl, other, hello("not-a-session", session.token))
+    assert replies[0]["code"] == "unknownSession"
+    assert platform.control_stats.rejected == 2
+
+
+async def test_garbage_after_hello_is_answered_and_the_session_survives(
+    platform: MediaPlatform, http: aiohttp.ClientSession, client_ssl: ssl.SSLContext
+) -> None:
+    session = platform.create_session()
+    replies = await _exchange(
+        http,
+        client_ssl,
+        session.mp_uri,
+        hello(session.id, session.token),
+        "[]",
+        '{"type": "offer", "sdp": "this is not SDP"}',
+        '{"type": "answer", "sdp": "v=0"}',
+    )
+    assert [r["type"] for r in replies] == ["welcome", "error", "error", "error"]
+    assert [r["code"] for r in replies[1:]] == ["badMessage", "badOffer", "badState"]
+    assert platform.control_stats.bad_messages == 3
+    # The endpoint still serves everyone else.
+    fresh = platform.create_session()
+    replies = await _exchange(http, client_ssl, fresh.mp_uri, hello(fresh.id, fresh.token))
+    assert replies[0]["type"] == "welcome"
