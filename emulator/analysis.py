@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import av
 import numpy as np
 import numpy.typing as npt
 
 RATE_HZ = 16_000
 FRAME_SECONDS = 0.020
+FRAME_SAMPLES = 320
 MAX_LAG_SECONDS = 1.0
 
 
@@ -33,6 +35,33 @@ class Recording:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+class Listener:
+    """Records received audio frames (any rate and layout) as 20 ms 16 kHz mono frames.
+
+    Each received 20 ms frame yields one recorded frame stamped with its own arrival: the
+    resampler's few samples of history are padded once up front, or every frame would complete
+    only when the next one arrives and the measured delay would read 20 ms long.
+    """
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE_HZ)
+        self._pending = np.empty(0, dtype=np.int16)
+        self._started = False
+
+    def add(self, frame: av.AudioFrame, arrival: float) -> None:
+        chunks = [out.to_ndarray().reshape(-1) for out in self._resampler.resample(frame)]
+        pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
+        if not self._started and pending.shape[0]:
+            self._started = True
+            short = -pending.shape[0] % FRAME_SAMPLES
+            pending = np.concatenate([np.zeros(short, np.int16), pending])
+        while pending.shape[0] >= FRAME_SAMPLES:
+            self.recording.add(arrival, pending[:FRAME_SAMPLES].copy())
+            pending = pending[FRAME_SAMPLES:]
+        self._pending = pending
 
 
 @dataclass(frozen=True)

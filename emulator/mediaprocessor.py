@@ -17,12 +17,11 @@ from typing import Any
 
 import aiohttp
 import av
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import is_rtcp
 
-from emulator.analysis import Recording
+from emulator.analysis import Listener, Recording
 from emulator.participant import ParticipantScript, VoiceTrack
 
 logger = logging.getLogger(__name__)
@@ -154,19 +153,13 @@ class MediaProcessorLink:
         self.failed.set()  # the bot's endpoint went away
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        """Record what the bot sends, as 20 ms 16 kHz frames stamped with their arrival."""
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
-        pending = np.empty(0, dtype=np.int16)
+        """Record what the bot sends, stamped with its arrival."""
+        listener = Listener(self.heard)
         try:
             while True:
                 frame = await track.recv()
-                now = time.monotonic()
                 assert isinstance(frame, av.AudioFrame)
-                chunks = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-                pending = np.concatenate([pending, *chunks]).astype(np.int16, copy=False)
-                while pending.shape[0] >= 320:
-                    self.heard.add(now, pending[:320].copy())
-                    pending = pending[320:]
+                listener.add(frame, time.monotonic())
         except MediaStreamError:
             return
 

@@ -39,3 +39,22 @@ def test_unrelated_audio_does_not_correlate() -> None:
 def test_nothing_heard_is_zero() -> None:
     sent, _ = _recordings(5, 0, 11)
     assert echo_report(sent, Recording()).correlation == 0.0
+
+
+def test_listener_records_one_frame_per_received_frame_at_its_arrival() -> None:
+    from fractions import Fraction
+
+    import av
+
+    from emulator.analysis import Listener
+
+    rec = Recording()
+    listener = Listener(rec)
+    for i in range(10):
+        stereo = np.zeros((1, 1920), dtype=np.int16)  # 20 ms of 48 kHz stereo, interleaved
+        frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        frame.sample_rate = 48_000
+        frame.pts = i * 960
+        frame.time_base = Fraction(1, 48_000)
+        listener.add(frame, float(i))
+    assert rec.times == [float(i) for i in range(10)]
