@@ -1,23 +1,29 @@
-# Every target bootstraps .venv from nothing and is idempotent: the venv is rebuilt only when
-# pyproject.toml changes (the stamp file is older than it).
+# Every target bootstraps .venv from nothing and is idempotent: packages are (re)installed only
+# when pyproject.toml is newer than the stamp. The demo needs only the runtime dependencies, so a
+# fresh `make demo` does not wait for the dev tools.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
-SECONDS ?= 10
+RUNTIME := $(VENV)/.installed-runtime
+STAMP  := $(VENV)/.installed-dev
+DEMO_SECONDS ?= 10
 
 .PHONY: setup demo test lint typecheck unit bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m bot demo --seconds $(SECONDS) --json demo-out/summary.json
+demo: $(RUNTIME)
+	$(PY) -m bot demo --seconds $(DEMO_SECONDS) --json demo-out/summary.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -33,7 +39,7 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(PY) bench/echo_latency.py
 
 clean:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from media.session import MediaEvent
 logger = logging.getLogger(__name__)
 
 ProcessorFactory = Callable[[], list[AudioProcessor]]
+MEDIA_EVENT_HISTORY = 256
 
 
 class Bot:
@@ -52,7 +54,8 @@ class Bot:
             ),
             on_event=self._media_event_threadsafe,
         )
-        self.media_events: list[MediaEvent] = []
+        # Recent media-session events, for status and diagnostics (bounded: a service runs long).
+        self.media_events: deque[MediaEvent] = deque(maxlen=MEDIA_EVENT_HISTORY)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
