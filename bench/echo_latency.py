@@ -75,15 +75,17 @@ async def stock_one_way(seconds: float) -> tuple[float, float]:
     await receiver.setRemoteDescription(sender.localDescription)
     await receiver.setLocalDescription(await receiver.createAnswer())
     await sender.setRemoteDescription(receiver.localDescription)
-    track = await asyncio.wait_for(got_track, 10)
-    listener = Listener(heard)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        frame = await asyncio.wait_for(track.recv(), 5)
-        assert isinstance(frame, av.AudioFrame)
-        listener.add(frame, time.monotonic())
-    await sender.close()
-    await receiver.close()
+    try:
+        track = await asyncio.wait_for(got_track, 10)
+        listener = Listener(heard)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            frame = await asyncio.wait_for(track.recv(), 5)
+            assert isinstance(frame, av.AudioFrame)
+            listener.add(frame, time.monotonic())
+    finally:
+        await sender.close()
+        await receiver.close()
     report = echo_report(voice.sent, heard)
     return report.delay_ms, report.correlation
 

@@ -42,7 +42,8 @@ class Bot:
     ) -> None:
         self.settings = settings
         self._processors = processors
-        self.registry = CallRegistry()
+        self.registry = CallRegistry(on_terminated=self._release_media)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.media = MediaPlatform(
             MediaPlatformSettings(
                 service_fqdn=settings.service_fqdn,
@@ -64,6 +65,14 @@ class Bot:
         self.callback_url = ""
 
     async def start(self) -> None:
+        """Start everything; on failure, stop what had started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
         client_ssl = ssl.create_default_context(cafile=s.ca_file) if s.ca_file else None
@@ -95,9 +104,12 @@ class Bot:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.media.stop)
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def join(self, join_url: str, scenario_id: str = "") -> Call:
         """Join a Teams meeting from its join URL with app-hosted media. Raises GraphError."""
@@ -118,11 +130,14 @@ class Bot:
         }
         try:
             created = await self.graph.create_call(body, scenario_id or str(uuid.uuid4()))
-        except GraphError:
+            call_id = str(created["id"])
+        except (GraphError, KeyError):
             await self.media.close_session(session.id, "join failed")
             raise
-        call = self.registry.get_or_add(str(created["id"]))
+        call = self.registry.get_or_add(call_id)
         call.media_session_id = session.id
+        if call.state == "terminated":  # it ended before Graph's answer reached us
+            self._release_media(call)
         if isinstance(created.get("state"), str):
             call.apply_state(created["state"])
         return call
@@ -131,9 +146,13 @@ class Bot:
         assert self.graph is not None, "Bot.start() first"
         await self.graph.delete_call(call.id)
 
-    async def end_media(self, call: Call) -> None:
-        if call.media_session_id is not None:
-            await self.media.close_session(call.media_session_id, "call ended")
+    def _release_media(self, call: Call) -> None:
+        """Graph ended the call: free its media session (on the media loop, not here)."""
+        if call.media_session_id is None:
+            return
+        task = asyncio.create_task(self.media.close_session(call.media_session_id, "call ended"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _media_event_threadsafe(self, event: MediaEvent) -> None:
         loop = self._loop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,14 @@ STATE_ORDER = {
     "terminated": 6,
 }
 _CALL_URL = re.compile(r"^/(?:communications|app)/calls/([^/]+)(/participants)?$")
+
+
+class CallEndedError(Exception):
+    """The call ended before it reached the state being waited for."""
+
+    def __init__(self, call: Call, state: str) -> None:
+        super().__init__(f"call {call.id} ended before {state}: resultInfo {call.result_info}")
+        self.call = call
 
 
 @dataclass
@@ -50,11 +59,16 @@ class Call:
         self._changed.set()
 
     async def wait_for(self, state: str, within_seconds: float) -> None:
-        """Wait until the call reaches `state` (or a later one). Raises TimeoutError."""
+        """Wait until the call reaches `state` or a later one.
+
+        Raises TimeoutError, or CallEndedError if it terminated without passing `state`.
+        """
         async with asyncio.timeout(within_seconds):
             while STATE_ORDER.get(self.state, 0) < STATE_ORDER[state]:
                 self._changed.clear()
                 await self._changed.wait()
+        if state not in self.states_seen and self.state == "terminated" != state:
+            raise CallEndedError(self, state)
 
     def msi_to_participant(self) -> dict[int, str]:
         """Audio MSIs (roster mediaStreams.sourceId) to participant ids."""
@@ -67,9 +81,10 @@ class Call:
 
 
 class CallRegistry:
-    def __init__(self) -> None:
+    def __init__(self, on_terminated: Callable[[Call], None] | None = None) -> None:
         self.calls: dict[str, Call] = {}
         self.ignored = 0
+        self._on_terminated = on_terminated
 
     def get_or_add(self, call_id: str) -> Call:
         call = self.calls.get(call_id)
@@ -98,8 +113,11 @@ class CallRegistry:
         if not isinstance(data, dict):
             self.ignored += 1
             return
+        was_terminated = call.state == "terminated"
         if item.get("changeType") == "deleted":
             call.result_info = data.get("resultInfo")
             call.apply_state("terminated")
         elif isinstance(data.get("state"), str):
             call.apply_state(data["state"])
+        if call.state == "terminated" and not was_terminated and self._on_terminated is not None:
+            self._on_terminated(call)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from bot.settings import Settings, SettingsError
 
+JOIN_TIMEOUT_SECONDS = 30.0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bot", description="Graph application-hosted media bot")
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(settings: Settings, join_url: str | None) -> int:
     from bot.app import Bot
+    from bot.calls import CallEndedError
 
     bot = Bot(settings)
     await bot.start()
@@ -53,10 +56,16 @@ async def _serve(settings: Settings, join_url: str | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        print(f"serving: webhook {bot.callback_url}, media {bot.media.mp_uri_base}")
         if join_url:
             call = await bot.join(join_url)
             print(f"joining: call {call.id}")
-        print(f"serving: webhook {bot.callback_url}, media {bot.media.mp_uri_base}")
+            try:
+                await call.wait_for("established", JOIN_TIMEOUT_SECONDS)
+            except (CallEndedError, TimeoutError) as exc:
+                print(f"bot: the call did not establish: {exc or 'timed out'}", file=sys.stderr)
+                return 1
+            print(f"established: call {call.id} (Ctrl-C to leave)")
         await stop.wait()
     finally:
         await bot.stop()

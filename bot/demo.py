@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 import wave
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,13 @@ from bot.devcerts import make_dev_certs
 from bot.settings import Settings
 from emulator import EmulatorConfig, EmulatorThread
 from emulator.analysis import Recording
-from emulator.participant import Meeting, ParticipantScript
+from emulator.participant import demo_meeting
 from emulator.server import AppRegistration
 from media.frames import AudioFrame
 from media.pipeline import EchoProcessor
 
 ESTABLISH_TIMEOUT_SECONDS = 30.0
 TERMINATE_TIMEOUT_SECONDS = 15.0
-DEMO_MSI = 0x2A11
 
 
 class SpeakerTally:
@@ -45,23 +43,6 @@ class SpeakerTally:
         for msi in frame.active_speakers:
             self.frames[msi] = self.frames.get(msi, 0) + 1
         return frame
-
-
-def demo_meeting(tenant_id: str) -> Meeting:
-    return Meeting(
-        thread_id="19:meeting_ZGVtby1tZWV0aW5n@thread.v2",
-        organizer_id=str(uuid.UUID(int=0x0E6A)),
-        tenant_id=tenant_id,
-        participants=[
-            ParticipantScript(
-                display_name="Avery Speaker",
-                user_id=str(uuid.UUID(int=0xA7E7)),
-                msi=DEMO_MSI,
-                participant_id=str(uuid.UUID(int=0x9A7)),
-                seed=7,
-            )
-        ],
-    )
 
 
 def write_wav(path: Path, recording: Recording, rate_hz: int = 16_000) -> None:
@@ -87,7 +68,8 @@ async def run_demo(
         instance_internal_port=0,
     )
     meeting = demo_meeting(settings.tenant_id)
-    emulator_thread = EmulatorThread(
+    emulator_thread = await asyncio.to_thread(
+        EmulatorThread,
         EmulatorConfig(
             cert_file=certs.cert_file,
             key_file=certs.key_file,
@@ -98,9 +80,9 @@ async def run_demo(
                 )
             },
             meetings=[meeting],
-        )
+        ),
     )
-    emulator = emulator_thread.start()
+    emulator = await asyncio.to_thread(emulator_thread.start)
     base = emulator.base_url
     settings = settings.replace(
         graph_url=f"{base}/v1.0",
@@ -129,7 +111,6 @@ async def run_demo(
         media_stats = dict(bot.media.session(call.media_session_id or "").stats)  # type: ignore[union-attr]
         await bot.hang_up(call)
         await call.wait_for("terminated", TERMINATE_TIMEOUT_SECONDS)
-        await bot.end_media(call)
         report, heard = await emulator_thread.run_async(emulator.echo_report(call.id))
     finally:
         await bot.stop()

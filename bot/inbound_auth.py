@@ -26,7 +26,7 @@ VALID_ISSUERS = ("https://graph.microsoft.com", "https://api.botframework.com")
 TENANT_CLAIMS = ("tid", "http://schemas.microsoft.com/identity/claims/tenantid")
 KEYS_MAX_AGE_SECONDS = 2 * 3600.0  # the .NET sample refreshes the OpenID config every 2 h
 UNKNOWN_KID_REFRESH_SECONDS = 60.0  # a forged kid must not make us hammer the key endpoint
-FETCH_TIMEOUT_SECONDS = 10.0
+FETCH_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,7 @@ class NotificationValidator:
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
         self._lock = asyncio.Lock()
         self.rejected = 0
 
@@ -93,21 +94,28 @@ class NotificationValidator:
             raise InboundAuthError("token has no tenant claim")
         return InboundIdentity(tenant, claims)
 
+    def _stale(self, now: float) -> bool:
+        return self._fetched_at is None or now - self._fetched_at > KEYS_MAX_AGE_SECONDS
+
     async def _key(self, kid: str) -> jwt.PyJWK:
-        async with self._lock:
-            now = self._clock()
-            stale = self._fetched_at is None or now - self._fetched_at > KEYS_MAX_AGE_SECONDS
-            unknown_may_refresh = kid not in self._keys and (
-                self._fetched_at is None or now - self._fetched_at > UNKNOWN_KID_REFRESH_SECONDS
-            )
-            if stale or unknown_may_refresh:
-                try:
-                    await self._refresh()
-                    self._fetched_at = now
-                except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKError) as exc:
-                    logger.warning("NotificationValidator x key refresh failed: %r", exc)
-                    if stale:
-                        self._keys.clear()  # fail closed rather than trust keys past their age
+        if kid not in self._keys or self._stale(self._clock()):
+            async with self._lock:
+                now = self._clock()
+                # At most one attempt a minute, whatever its outcome: neither forged kids nor an
+                # outage of the key endpoint may turn every request into a fetch.
+                may_try = (
+                    self._attempted_at is None
+                    or now - self._attempted_at > UNKNOWN_KID_REFRESH_SECONDS
+                )
+                if may_try and (kid not in self._keys or self._stale(now)):
+                    self._attempted_at = now
+                    try:
+                        await self._refresh()
+                        self._fetched_at = now
+                    except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
+                        logger.warning("NotificationValidator x key refresh failed: %r", exc)
+                if self._stale(now):
+                    self._keys.clear()  # fail closed rather than trust keys past their age
         key = self._keys.get(kid)
         if key is None:
             raise InboundAuthError(f"no signing key {kid!r}")

@@ -31,7 +31,7 @@ class Settings:
     graph_url: str = f"{EMULATOR_URL}/v1.0"
     authority_url: str = EMULATOR_URL  # login.microsoftonline.com in production
     notification_openid_url: str = f"{EMULATOR_URL}/v1/.well-known/OpenIdConfiguration"
-    ca_file: str | None = None  # extra CA to trust for Graph, login and OpenID (the emulator's)
+    ca_file: str | None = None  # CA bundle for Graph, login and OpenID instead of the system's
     service_fqdn: str = "localhost"
     instance_public_ip: str | None = None
     instance_internal_port: int = 8445

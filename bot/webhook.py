@@ -52,7 +52,7 @@ async def _notifications(request: web.Request) -> web.Response:
         items = body["value"]
         if not isinstance(items, list):
             raise TypeError("value is not an array")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as exc:
         stats.malformed += 1
         return web.json_response({"error": "badRequest", "message": f"{exc}"}, status=400)
     registry = request.app[REGISTRY]

@@ -7,12 +7,11 @@ import asyncio
 import logging
 import signal
 import tempfile
-import uuid
 from pathlib import Path
 
 import trustme
 
-from emulator.participant import Meeting, ParticipantScript
+from emulator.participant import demo_meeting
 from emulator.server import AppRegistration, Emulator, EmulatorConfig
 
 DEFAULT_APP_ID = "00000000-0000-0000-0000-00000000b07a"
@@ -46,20 +45,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ca.cert_pem.write_to_path(str(directory / "ca.pem"))
         trust = trust or str(directory / "ca.pem")
         print(f"emulator: throwaway CA at {directory / 'ca.pem'} (set BOT_CA_FILE to it)")
-    meeting = Meeting(
-        thread_id="19:meeting_ZGVtby1tZWV0aW5n@thread.v2",
-        organizer_id=str(uuid.UUID(int=0x0E6A)),
-        tenant_id=DEFAULT_TENANT,
-        participants=[
-            ParticipantScript(
-                "Avery Speaker",
-                str(uuid.UUID(int=0xA7E7)),
-                0x2A11,
-                str(uuid.UUID(int=0x9A7)),
-                seed=7,
-            )
-        ],
-    )
+    meeting = demo_meeting(DEFAULT_TENANT)
     emulator = Emulator(
         EmulatorConfig(
             cert_file=cert,

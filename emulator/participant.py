@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -37,6 +38,28 @@ class Meeting:
     organizer_id: str
     tenant_id: str
     participants: list[ParticipantScript] = field(default_factory=list)
+
+
+DEMO_MSI = 0x2A11
+DEMO_THREAD_ID = "19:meeting_ZGVtby1tZWV0aW5n@thread.v2"
+
+
+def demo_meeting(tenant_id: str) -> Meeting:
+    """The meeting `make demo` and `python -m emulator serve` offer: one speaker, seeded voice."""
+    return Meeting(
+        thread_id=DEMO_THREAD_ID,
+        organizer_id=str(uuid.UUID(int=0x0E6A)),
+        tenant_id=tenant_id,
+        participants=[
+            ParticipantScript(
+                display_name="Avery Speaker",
+                user_id=str(uuid.UUID(int=0xA7E7)),
+                msi=DEMO_MSI,
+                participant_id=str(uuid.UUID(int=0x9A7)),
+                seed=7,
+            )
+        ],
+    )
 
 
 class VoiceTrack(MediaStreamTrack):

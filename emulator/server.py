@@ -8,12 +8,14 @@ import logging
 import ssl
 import threading
 import urllib.parse
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from emulator import graph, login
 from emulator.analysis import EchoReport, Recording, echo_report
@@ -48,7 +50,14 @@ class EmulatorConfig:
 
 
 def create_app(emulator: Emulator) -> web.Application:
-    app = web.Application()
+    @web.middleware
+    async def count_hits(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Requests per route, e.g. "POST /{tenant}/oauth2/v2.0/token": tests assert caching.
+        info = request.match_info.route.resource
+        emulator.hits[f"{request.method} {info.canonical if info else request.path}"] += 1
+        return await handler(request)
+
+    app = web.Application(middlewares=[count_hits])
     app.add_routes(login.routes(emulator))
     app.add_routes(graph.routes(emulator))
     return app
@@ -60,6 +69,7 @@ class Emulator:
         self.token_key = SigningKey()
         self.notification_keys = [SigningKey()]
         self.calls: dict[str, EmulatedCall] = {}
+        self.hits: Counter[str] = Counter()
         self.client_ssl: ssl.SSLContext | None = None
         if config.trust_file:
             self.client_ssl = ssl.create_default_context(cafile=config.trust_file)

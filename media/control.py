@@ -39,6 +39,8 @@ def parse(text: str | bytes) -> dict[str, Any]:
         message = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ControlError("badMessage", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ControlError("badMessage", "JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ControlError("badMessage", "a message is a JSON object")
     kind = message.get("type")

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # A send-side allowance: RTP timestamps may lag real time by this many frames before they jump
 # forward (a talkspurt gap), so steady 50 fps output stays contiguous despite scheduling jitter.
 SEND_JITTER_ALLOWANCE_FRAMES = 3
+# A sequence jump this large (either way) is a new stream or a restarted sender, not lateness.
+SEQUENCE_RESET_GAP = 1000
 OPUS_TIME_BASE = Fraction(1, 48_000)
 
 
@@ -45,6 +47,8 @@ class ReceiveStats:
     frames: int = 0
     late_or_duplicate: int = 0
     decode_errors: int = 0
+    empty: int = 0
+    stream_resets: int = 0
 
 
 def _seq_newer(a: int, b: int) -> bool:
@@ -66,19 +70,35 @@ class AudioReceiver:
         self._decoder = OpusDecoder()
         self._pending = np.empty(0, dtype=np.int16)
         self._last_seq: int | None = None
+        self._ssrc: int | None = None
         self._sequence = 0
         self.stats = ReceiveStats()
 
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int = 0) -> None:
         """Replacement for RTCRtpReceiver._handle_rtp_packet (same signature, awaited inline)."""
         self.stats.packets += 1
-        if self._last_seq is not None and not _seq_newer(packet.sequence_number, self._last_seq):
+        if not packet.payload:
+            # Padding-only RTP is legal, and an empty packet would put libopus into drain mode.
+            self.stats.empty += 1
+            return
+        seq = packet.sequence_number
+        if self._last_seq is not None and (
+            packet.ssrc != self._ssrc
+            or min((seq - self._last_seq) & 0xFFFF, (self._last_seq - seq) & 0xFFFF)
+            > SEQUENCE_RESET_GAP
+        ):
+            self.stats.stream_resets += 1
+            self._last_seq = None
+        if self._last_seq is not None and not _seq_newer(seq, self._last_seq):
             self.stats.late_or_duplicate += 1
             return
-        self._last_seq = packet.sequence_number
+        self._last_seq = seq
+        self._ssrc = packet.ssrc
         try:
             chunks = self._decoder.decode(packet.payload)
         except (av.FFmpegError, ValueError) as exc:
+            if isinstance(exc, EOFError):
+                self._decoder = OpusDecoder()  # drained: only a fresh decoder decodes again
             self.stats.decode_errors += 1
             logger.debug(
                 "AudioReceiver x undecodable packet seq=%d: %s", packet.sequence_number, exc

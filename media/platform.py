@@ -117,12 +117,18 @@ class MediaPlatform:
         """Close every session, stop the endpoint, the media thread and the hot loop."""
         self.hot_loop.stop()
         loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not loop.is_running():
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(STARTUP_TIMEOUT_SECONDS)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(STARTUP_TIMEOUT_SECONDS)
-        self._codec_executor.shutdown(wait=True)
+        try:
+            if loop is not None and loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+                future.result(STARTUP_TIMEOUT_SECONDS)
+        except Exception:
+            logger.exception("MediaPlatform x shutdown did not finish cleanly")
+        finally:
+            if loop is not None and loop.is_running():
+                loop.call_soon_threadsafe(loop.stop)
+            if thread is not None:
+                thread.join(STARTUP_TIMEOUT_SECONDS)
+            self._codec_executor.shutdown(wait=True)
 
     async def _shutdown(self) -> None:
         with self._lock:

@@ -48,7 +48,10 @@ def create_app(sessions: SessionDirectory, stats: ControlStats) -> web.Applicati
 async def _reject(ws: web.WebSocketResponse, stats: ControlStats, code: str, why: str) -> None:
     stats.rejected += 1
     logger.info("MediaControl x rejected: %s (%s)", code, why)
-    await ws.send_str(control.error(code, why))
+    try:
+        await ws.send_str(control.error(code, why))
+    except ConnectionError:
+        pass  # the peer left first; nothing more to tell it
     await ws.close()
 
 
@@ -80,9 +83,10 @@ async def _media_processor(request: web.Request) -> web.WebSocketResponse:
         await _reject(ws, stats, "unknownSession", "no such media session")
     elif not hmac.compare_digest(hello["token"].encode(), session.token.encode()):
         await _reject(ws, stats, "unauthorized", "bad session token")
-    elif session.state != "created":
+    elif session.mp_attached or session.state != "created":
         await _reject(ws, stats, "sessionBusy", f"session is {session.state}")
     else:
+        session.mp_attached = True  # claimed before any await: one MP per session
         await ws.send_str(control.encode("welcome", mpMediaSessionId=session.id))
         await _serve(ws, session, stats)
     return ws
@@ -111,9 +115,10 @@ async def _serve(
             except control.ControlError as exc:
                 stats.bad_messages += 1
                 await ws.send_str(control.error(exc.code, str(exc)))
-            except ValueError as exc:  # an offer aiortc or we cannot take
+            except Exception as exc:  # an offer aiortc cannot take: it raises several types
                 stats.bad_messages += 1
-                await ws.send_str(control.error("badOffer", str(exc)))
+                logger.info("MediaControl x bad offer: %r", exc)
+                await ws.send_str(control.error("badOffer", f"{type(exc).__name__}: {exc}"))
     finally:
         await session.close(reason)
         if not ws.closed:

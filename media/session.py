@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -22,6 +23,7 @@ from media.engine import AudioReceiver, SendTrack, answer_audio_offer, new_peer_
 logger = logging.getLogger(__name__)
 
 
+@functools.cache
 def _stack_version() -> str:
     try:
         return metadata.version("graph-media-bot")
@@ -62,6 +64,8 @@ class LocalMediaSession:
         self._pc: RTCPeerConnection | None = None
         self._receiver: AudioReceiver | None = None
         self._send_track: SendTrack | None = None
+        self._closing = False
+        self.mp_attached = False
 
     def blob(self, call_id: str | None = None) -> str:
         """The appHostedMediaConfig blob (DESIGN.md section 4)."""
@@ -108,12 +112,21 @@ class LocalMediaSession:
                 self._set_state("failed", "ICE or DTLS failed")
 
         self._set_state("connecting")
-        return await answer_audio_offer(pc, offer_sdp, self._receiver, self._send_track)
+        try:
+            return await answer_audio_offer(pc, offer_sdp, self._receiver, self._send_track)
+        except Exception:
+            # Leave the session able to take a corrected offer.
+            self._pc = None
+            self._send_track.stop()
+            await pc.close()
+            self._set_state("created")
+            raise
 
     async def close(self, reason: str = "") -> None:
         """Media loop: stop sending and tear the peer connection down. Idempotent."""
-        if self.state == "closed":
+        if self._closing:
             return
+        self._closing = True
         if self._send_track is not None:
             self._send_track.stop()
         if self._pc is not None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ SPEAKER_MSI = 0x5EED
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
     return make_dev_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A TCP port that refuses connections: bound (so nobody else takes it) but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from bot.app import Bot
+from bot.calls import CallEndedError
 from bot.devcerts import DevCerts
 from bot.errors import GraphAuthError, GraphError
 from bot.graph.auth import TokenProvider
@@ -40,6 +41,7 @@ async def test_wrong_secret_is_a_typed_auth_error(emulator: Emulator, certs: Dev
 async def test_msal_token_is_cached(emulator: Emulator, certs: DevCerts) -> None:
     tokens = TokenProvider(APP_ID, "test-secret", f"{emulator.base_url}/{TENANT_ID}", certs.ca_file)
     assert await tokens.token() == await tokens.token()
+    assert emulator.hits["POST /{tenant}/oauth2/v2.0/token"] == 1
 
 
 @pytest.mark.parametrize(
@@ -66,19 +68,22 @@ async def test_unknown_call_is_404(graph: GraphClient) -> None:
 
 
 async def test_unreachable_media_endpoint_ends_the_call_with_7112(
-    emulator: Emulator, certs: DevCerts
+    emulator: Emulator, certs: DevCerts, closed_port: int
 ) -> None:
     """The classic misconfiguration: the blob advertises a port nobody listens on."""
-    bot = Bot(settings_for(emulator, certs).replace(instance_public_port=9))
+    bot = Bot(settings_for(emulator, certs).replace(instance_public_port=closed_port))
     await bot.start()
     try:
         call = await bot.join(emulator.join_url(emulator.config.meetings[0]))
-        await call.wait_for("terminated", 15.0)
+        with pytest.raises(CallEndedError):
+            await call.wait_for("established", 15.0)
     finally:
         await bot.stop()
-    assert "established" not in call.states_seen
+    assert call.states_seen[-1] == "terminated"
     assert call.result_info is not None
     assert (call.result_info["code"], call.result_info["subcode"]) == (500, 7112)
+    # Graph ended the call, so the bot released its media session without being told to.
+    assert bot.media.hot_loop.session_count == 0
 
 
 async def test_join_url_for_unknown_meeting_is_404_and_frees_the_media_session(

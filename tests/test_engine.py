@@ -90,3 +90,29 @@ async def test_send_track_wakes_when_the_hot_loop_pushes() -> None:
     packet = await asyncio.wait_for(waiting, 5)
     assert packet.pts == 0
     track.stop()
+
+
+async def test_an_empty_packet_does_not_stop_decoding() -> None:
+    ring: Ring[AudioFrame] = Ring(64)
+    receiver = AudioReceiver(ring, FakeClock())
+    ps = packets(4, [])
+    empty = RtpPacket(payload_type=96, sequence_number=ps[1].sequence_number)
+    for p in [ps[0], empty, ps[2], ps[3]]:
+        await receiver.handle_rtp(p, arrival_time_ms=0)
+    assert receiver.stats.empty == 1
+    assert receiver.stats.decode_errors == 0
+    assert len(ring.drain()) == 3
+
+
+async def test_a_new_ssrc_starts_a_new_sequence_space() -> None:
+    ring: Ring[AudioFrame] = Ring(64)
+    receiver = AudioReceiver(ring, FakeClock())
+    first, second = packets(3, []), packets(3, [])
+    for p in second:  # the restarted sender's numbers look 30000 "older"
+        p.ssrc = 2
+        p.sequence_number = (p.sequence_number - 30000) & 0xFFFF
+    for p in [*first, *second]:
+        await receiver.handle_rtp(p, arrival_time_ms=0)
+    assert receiver.stats.stream_resets == 1
+    assert receiver.stats.late_or_duplicate == 0
+    assert len(ring.drain()) == 6

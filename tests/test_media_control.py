@@ -61,6 +61,7 @@ async def _exchange(
     ("first", "code"),
     [
         ("{not json", "badMessage"),
+        ("[" * 100_000 + "]" * 100_000, "badMessage"),
         ('{"type": "offer", "sdp": "v=0"}', "badState"),
         ('{"type": "launch-missiles"}', "unknownType"),
         (b"\x00\x01", "badMessage"),
@@ -76,7 +77,9 @@ async def test_bad_first_message_is_refused(
     session = platform.create_session()
     replies = await _exchange(http, client_ssl, session.mp_uri, first)
     assert replies[0]["type"] == "error" and replies[0]["code"] == code
-    assert session.state == "created"  # untouched, still joinable
+    # Lost nothing: the real media processor can still claim the session.
+    replies = await _exchange(http, client_ssl, session.mp_uri, hello(session.id, session.token))
+    assert replies[0]["type"] == "welcome"
 
 
 async def test_wrong_token_and_unknown_session_are_refused(
@@ -89,6 +92,19 @@ async def test_wrong_token_and_unknown_session_are_refused(
     replies = await _exchange(http, client_ssl, other, hello("not-a-session", session.token))
     assert replies[0]["code"] == "unknownSession"
     assert platform.control_stats.rejected == 2
+
+
+async def test_a_session_takes_one_media_processor(
+    platform: MediaPlatform, http: aiohttp.ClientSession, client_ssl: ssl.SSLContext
+) -> None:
+    session = platform.create_session()
+    async with http.ws_connect(session.mp_uri, ssl=client_ssl) as first:
+        await first.send_str(hello(session.id, session.token))
+        assert json.loads((await first.receive(timeout=5)).data)["type"] == "welcome"
+        replies = await _exchange(
+            http, client_ssl, session.mp_uri, hello(session.id, session.token)
+        )
+        assert replies[0]["code"] == "sessionBusy"
 
 
 async def test_garbage_after_hello_is_answered_and_the_session_survives(

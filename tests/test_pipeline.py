@@ -118,3 +118,31 @@ def test_a_stalled_clock_counts_late_ticks_and_reanchors() -> None:
     loop.run()
     assert loop.stats.late_ticks == 1
     assert loop.stats.ticks == 6
+
+
+class WrongType:
+    name = "wrong-type"
+
+    def process(self, frame: AudioFrame) -> AudioFrame | None:
+        return frame.pcm  # type: ignore[return-value]
+
+
+def test_a_processor_returning_a_non_frame_is_a_failure_not_a_broken_send() -> None:
+    loop = HotLoop(FakeClock())
+    socket = AudioSocket()
+    loop.add("s", socket, [WrongType(), EchoProcessor()])
+    socket.receive_ring.push(frame(1))
+    loop.tick()
+    assert loop.stats.processor_failures == 1
+    assert [type(f) for f in socket.send_ring.drain()] == [AudioFrame]
+
+
+def test_something_that_is_not_a_processor_is_refused_up_front() -> None:
+    import pytest
+
+    class Nameless:
+        def process(self, frame: AudioFrame) -> AudioFrame | None:
+            return frame
+
+    with pytest.raises(TypeError, match="not an AudioProcessor"):
+        HotLoop(FakeClock()).add("s", AudioSocket(), [Nameless()])  # type: ignore[list-item]

@@ -140,7 +140,9 @@ async def test_expiry_inside_the_leeway_is_accepted(webhook: Any, emulator: Emul
     assert CALL_ID in registry.calls
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"value": 3}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[]", b'{"value": 3}', b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000]
+)
 async def test_malformed_body_is_400_and_changes_nothing(
     body: bytes, webhook: Any, emulator: Emulator
 ) -> None:
@@ -150,14 +152,43 @@ async def test_malformed_body_is_400_and_changes_nothing(
 
 
 async def test_unreachable_key_endpoint_fails_closed(
-    client_ssl: ssl.SSLContext, emulator: Emulator, aiohttp_client: AiohttpClient
+    client_ssl: ssl.SSLContext,
+    emulator: Emulator,
+    aiohttp_client: AiohttpClient,
+    closed_port: int,
 ) -> None:
     async with aiohttp.ClientSession() as session:
-        # Nothing listens on port 9 (discard): the keys cannot be had, so nothing gets in.
-        validator = NotificationValidator(
-            APP_ID, "https://127.0.0.1:9/v1/.well-known/OpenIdConfiguration", session, client_ssl
-        )
+        url = f"https://127.0.0.1:{closed_port}/v1/.well-known/OpenIdConfiguration"
+        validator = NotificationValidator(APP_ID, url, session, client_ssl)
         registry = CallRegistry()
         client = await aiohttp_client(create_app(validator, registry))
         assert await _post(client, _signed(emulator.notification_keys[0], _claims())) == 401
         assert registry.calls == {}
+
+
+async def test_key_refresh_is_rate_limited_whatever_the_kid(
+    emulator: Emulator, client_ssl: ssl.SSLContext, aiohttp_client: AiohttpClient
+) -> None:
+    now = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        validator = NotificationValidator(
+            APP_ID,
+            f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration",
+            session,
+            client_ssl,
+            clock=lambda: now[0],
+        )
+        client = await aiohttp_client(create_app(validator, CallRegistry()))
+        key = emulator.notification_keys[0]
+        assert await _post(client, _signed(key, _claims())) == 202
+        for _ in range(5):  # forged kids inside the minute: no fetch at all
+            assert await _post(client, _signed(SigningKey(), _claims())) == 401
+        assert emulator.hits["GET /v1/keys"] == 1
+        now[0] += 61
+        for _ in range(5):  # past the minute: one fetch for all of them
+            assert await _post(client, _signed(SigningKey(), _claims())) == 401
+        assert emulator.hits["GET /v1/keys"] == 2
+        assert await _post(client, _signed(key, _claims())) == 202
+        now[0] += 2 * 3600 + 1  # keys past their age are refreshed before use
+        assert await _post(client, _signed(key, _claims())) == 202
+        assert emulator.hits["GET /v1/keys"] == 3

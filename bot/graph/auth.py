@@ -16,6 +16,17 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 MICROSOFT_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us"}
 
 
+AUTHORITY_TIMEOUT_SECONDS = 10.0
+
+
+class _TimeoutSession(requests.Session):
+    """MSAL skips its own timeout when given an http_client; a hung authority must not hang us."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", AUTHORITY_TIMEOUT_SECONDS)
+        return super().request(*args, **kwargs)
+
+
 class TokenProvider:
     """Acquires and caches app tokens; MSAL refreshes them before expiry.
 
@@ -33,7 +44,7 @@ class TokenProvider:
     def _client(self) -> Any:
         with self._lock:
             if self._app is None:
-                http = requests.Session()
+                http = _TimeoutSession()
                 if self._ca_file:
                     # REQUESTS_CA_BUNDLE would override `verify` (verified-facts.md): a local
                     # authority needs a session that ignores the environment.

@@ -50,7 +50,7 @@ class GraphClient:
                 ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
             ) as response:
-                text = await response.text()
+                text = (await response.read()).decode("utf-8", errors="replace")
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise GraphError(0, "unreachable", f"{method} {path}: {exc!r}") from exc
@@ -61,12 +61,11 @@ class GraphClient:
             except json.JSONDecodeError:
                 data = {"raw": text[:500]}
         if status >= 400:
-            error = data.get("error", {}) if isinstance(data, dict) else {}
+            error = data.get("error") if isinstance(data, dict) else None
+            if not isinstance(error, dict):  # OData says an object; be lenient with the rest
+                error = {"code": str(error or "unknown"), "message": text[:200]}
             raise GraphError(
-                status,
-                str(error.get("code", "unknown")),
-                str(error.get("message", text[:200])),
-                data,
+                status, str(error.get("code", "unknown")), str(error.get("message", "")), data
             )
         return data if isinstance(data, dict) else {"value": data}
 

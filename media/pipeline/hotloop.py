@@ -43,6 +43,7 @@ class HotLoopStats:
     late_ticks: int = 0  # ticks that started more than one tick after their deadline
     frames: int = 0
     processor_failures: int = 0
+    tick_errors: int = 0
     disabled: list[str] = field(default_factory=list)
 
 
@@ -56,6 +57,9 @@ class HotLoop:
         self.stats = HotLoopStats()
 
     def add(self, session_id: str, socket: AudioSocket, processors: list[AudioProcessor]) -> None:
+        for processor in processors:
+            if not isinstance(processor, AudioProcessor):
+                raise TypeError(f"{processor!r} is not an AudioProcessor (name + process())")
         pipeline = _SessionPipeline(socket, [_Slot(p) for p in processors])
         with self._lock:
             self._sessions[session_id] = pipeline
@@ -81,7 +85,10 @@ class HotLoop:
                     if slot.disabled or out is None:
                         continue
                     try:
-                        out = slot.processor.process(out)
+                        result = slot.processor.process(out)
+                        if result is not None and type(result) is not AudioFrame:
+                            raise TypeError("process() must return an AudioFrame or None")
+                        out = result
                         slot.consecutive_failures = 0
                     except Exception:
                         self._fail(session_id, slot)
@@ -108,7 +115,12 @@ class HotLoop:
         """The thread body: tick on a 20 ms grid until stopped."""
         deadline = self._clock.now()
         while not self._stop.is_set():
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # a bug of ours: count it, keep every other session ticking
+                self.stats.tick_errors += 1
+                if self.stats.tick_errors == 1:
+                    logger.exception("HotLoop x tick failed (logged once; counted after)")
             deadline += TICK_SECONDS
             now = self._clock.now()
             if now > deadline + TICK_SECONDS:
