@@ -1,4 +1,5 @@
-"""The bot: wires settings, the media platform, the Graph client and the webhook together.
+"""The bot: wires settings, the media platform, the Graph client and the webhook together, and
+is the entry point for placing, joining and receiving calls.
 
 Threads (DESIGN.md section 3): this object lives on the control loop (the caller's loop). The
 media platform runs its own media thread and hot-loop thread; its events reach us as plain
@@ -12,18 +13,21 @@ import logging
 import ssl
 import uuid
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
 
-from bot.calls import Call, CallRegistry
+from bot.call import Call
+from bot.calls import CallCollection
 from bot.errors import GraphError
+from bot.graph import shapes
 from bot.graph.auth import TokenProvider
-from bot.graph.client import GraphClient
+from bot.graph.client import GraphClient, Sleep
 from bot.inbound_auth import NotificationValidator
-from bot.join_url import parse_join_url
+from bot.join_url import JoinInfo, parse_join_url
+from bot.keepalive import KeepAlive
 from bot.settings import Settings
 from bot.webhook import WEBHOOK_PATH, create_app
 from media import MediaPlatform, MediaPlatformSettings
@@ -34,16 +38,24 @@ logger = logging.getLogger(__name__)
 
 ProcessorFactory = Callable[[], list[AudioProcessor]]
 MEDIA_EVENT_HISTORY = 256
+Media = Literal["app", "service"]
 
 
 class Bot:
     def __init__(
-        self, settings: Settings, processors: ProcessorFactory = lambda: [EchoProcessor()]
+        self,
+        settings: Settings,
+        processors: ProcessorFactory = lambda: [EchoProcessor()],
+        keepalive: KeepAlive | None = None,
+        window_scale: float = 1.0,
+        retry_sleep: Sleep = asyncio.sleep,
     ) -> None:
+        """window_scale shrinks Graph's answer windows for tests against a time-scaled emulator."""
         self.settings = settings
         self._processors = processors
-        self.registry = CallRegistry(on_terminated=self._release_media)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._retry_sleep = retry_sleep
+        self.calls = CallCollection(context=self, lifecycle=self, window_scale=window_scale)
+        self.keepalive = keepalive or KeepAlive()
         self.media = MediaPlatform(
             MediaPlatformSettings(
                 service_fqdn=settings.service_fqdn,
@@ -60,9 +72,18 @@ class Bot:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self.graph: GraphClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._graph: GraphClient | None = None
         self.validator: NotificationValidator | None = None
         self.callback_url = ""
+
+    @property
+    def graph(self) -> GraphClient:
+        if self._graph is None:
+            raise RuntimeError("Bot.start() first")
+        return self._graph
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start everything; on failure, stop what had started and re-raise."""
@@ -80,7 +101,9 @@ class Bot:
         tokens = TokenProvider(
             s.app_id, s.app_secret, f"{s.authority_url}/{s.tenant_id}", s.ca_file
         )
-        self.graph = GraphClient(s.graph_url, tokens, self._session, client_ssl)
+        self._graph = GraphClient(
+            s.graph_url, tokens, self._session, client_ssl, sleep=self._retry_sleep
+        )
         self.validator = NotificationValidator(
             s.app_id,
             s.notification_openid_url,
@@ -93,7 +116,7 @@ class Bot:
         if s.cert_file:
             server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             server_ssl.load_cert_chain(s.cert_file, s.key_file)
-        self._runner = web.AppRunner(create_app(self.validator, self.registry), access_log=None)
+        self._runner = web.AppRunner(create_app(self.validator, self.calls), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.webhook_host, s.webhook_port, ssl_context=server_ssl)
         await site.start()
@@ -105,56 +128,163 @@ class Bot:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.keepalive.close()
+        await self.calls.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.media.stop)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def join(self, join_url: str, scenario_id: str = "") -> Call:
-        """Join a Teams meeting from its join URL with app-hosted media. Raises GraphError."""
-        assert self.graph is not None, "Bot.start() first"
+    # -- placing and joining calls (application-post-calls.md) --------------------------------
+
+    async def join(
+        self,
+        join_url: str,
+        *,
+        media: Media = "app",
+        guest_name: str | None = None,
+        delta_roster: bool = False,
+    ) -> Call:
+        """Join a Teams meeting from its join URL. Raises GraphError, ValueError."""
         info = parse_join_url(join_url)
-        session = self.media.create_session(self._processors())
+        return await self._create(
+            self._meeting_body(info.chat_info(), info.meeting_info(), guest_name),
+            info.tenant_id,
+            media,
+            delta_roster,
+        )
+
+    async def join_by_meeting_id(
+        self,
+        join_meeting_id: str,
+        passcode: str | None = None,
+        *,
+        media: Media = "app",
+        guest_name: str | None = None,
+    ) -> Call:
+        """Join with a meeting id and passcode (joinMeetingIdMeetingInfo)."""
+        meeting_info: dict[str, Any] = {
+            "@odata.type": "#microsoft.graph.joinMeetingIdMeetingInfo",
+            "joinMeetingId": join_meeting_id,
+            "passcode": passcode,
+        }
+        chat = {"@odata.type": "#microsoft.graph.chatInfo", "threadId": None, "messageId": None}
+        body = self._meeting_body(chat, meeting_info, guest_name)
+        return await self._create(body, self.settings.tenant_id, media, False)
+
+    async def create_call(
+        self,
+        targets: Sequence[dict[str, Any]],
+        *,
+        media: Media = "app",
+        subject: str | None = None,
+    ) -> Call:
+        """A peer-to-peer call (one target) or a group call (several): identity sets."""
+        if not targets:
+            raise ValueError("a call needs at least one target")
         body: dict[str, Any] = {
+            "targets": [shapes.invitation_participant(t) for t in targets],
+            "source": {
+                "@odata.type": "#microsoft.graph.participantInfo",
+                "identity": shapes.identity_set(application_id=self.settings.app_id),
+            },
+        }
+        if subject is not None:
+            body["subject"] = subject
+        return await self._create(body, self.settings.tenant_id, media, False)
+
+    def _meeting_body(
+        self, chat: dict[str, Any], meeting: dict[str, Any], guest_name: str | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"chatInfo": chat, "meetingInfo": meeting}
+        if guest_name is not None:
+            # Joining as a guest needs Calls.JoinGroupCallAsGuest.All (graph-comms.md 2.1).
+            body["source"] = {
+                "@odata.type": "#microsoft.graph.participantInfo",
+                "identity": shapes.identity_set(
+                    guest_id=str(uuid.uuid4()), display_name=guest_name
+                ),
+            }
+        return body
+
+    async def _create(
+        self, body: dict[str, Any], tenant_id: str, media: Media, delta_roster: bool
+    ) -> Call:
+        session = self.media.create_session(self._processors()) if media == "app" else None
+        request: dict[str, Any] = {
             "@odata.type": "#microsoft.graph.call",
             "callbackUri": self.callback_url,
             "requestedModalities": ["audio"],
-            "mediaConfig": {
-                "@odata.type": "#microsoft.graph.appHostedMediaConfig",
-                "blob": session.blob(),
-            },
-            "chatInfo": info.chat_info(),
-            "meetingInfo": info.meeting_info(),
-            "tenantId": info.tenant_id,
+            "mediaConfig": shapes.app_hosted_media(session.blob())
+            if session is not None
+            else shapes.service_hosted_media(),
+            "tenantId": tenant_id,
+            **body,
         }
+        if delta_roster:
+            request["callOptions"] = {
+                "@odata.type": "#microsoft.graph.outgoingCallOptions",
+                "isDeltaRosterEnabled": True,
+            }
+        scenario_id = str(uuid.uuid4())
         try:
-            created = await self.graph.create_call(body, scenario_id or str(uuid.uuid4()))
+            created = await self.graph.request(
+                "POST", "/communications/calls", request, scenario_id
+            )
             call_id = str(created["id"])
         except (GraphError, KeyError):
-            await self.media.close_session(session.id, "join failed")
+            if session is not None:
+                await self.media.close_session(session.id, "create failed")
             raise
-        call = self.registry.get_or_add(call_id)
-        call.media_session_id = session.id
+        call = self.calls.get_or_add(call_id)
+        call.scenario_id = scenario_id
+        call.delta_roster = delta_roster
+        call.media_session_id = session.id if session is not None else None
+        call.apply_resource(created, deleted=False)
         if call.state == "terminated":  # it ended before Graph's answer reached us
-            self._release_media(call)
-        if isinstance(created.get("state"), str):
-            call.apply_state(created["state"])
+            self.terminated(call)
         return call
 
-    async def hang_up(self, call: Call) -> None:
-        assert self.graph is not None, "Bot.start() first"
-        await self.graph.delete_call(call.id)
+    # -- CallContext and Lifecycle (bot.call, bot.calls) --------------------------------------
 
-    def _release_media(self, call: Call) -> None:
-        """Graph ended the call: free its media session (on the media loop, not here)."""
+    def new_media_blob(self, call: Call) -> str:
+        """A media session for an incoming call being answered with app-hosted media."""
+        session = self.media.create_session(self._processors())
+        call.media_session_id = session.id
+        return session.blob(call.id)
+
+    def established(self, call: Call) -> None:
+        self.keepalive.start(call)
+
+    def terminated(self, call: Call) -> None:
+        """Graph ended the call: stop its keep-alive, free its media (on the media loop)."""
+        self.keepalive.stop(call.id)
         if call.media_session_id is None:
             return
         task = asyncio.create_task(self.media.close_session(call.media_session_id, "call ended"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def incoming_fallback(self, call: Call) -> None:
+        """Nobody decided in time: answer (the default) or reject, inside Graph's window."""
+        try:
+            if self.settings.incoming_call_fallback == "answer":
+                await call.answer()
+            else:
+                await call.reject("busy")
+        except GraphError as exc:
+            logger.warning(
+                "Call(%s) fallback %s failed: %s",
+                call.id,
+                self.settings.incoming_call_fallback,
+                exc,
+            )
+
     def _media_event_threadsafe(self, event: MediaEvent) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.media_events.append, event)
+
+
+__all__ = ["Bot", "JoinInfo"]

@@ -1,123 +1,207 @@
-"""Call state kept current from notifications (graph-comms.md sections 1.4-1.6)."""
+"""The call collection: every call's state kept current from notifications, and user events
+dispatched sequentially per call, off the webhook's request path (graph-comms.md 1.7:
+"one queue per root resource, sequential callbacks; handlers must not block").
+
+State is applied synchronously when a notification arrives (it is cheap and keeps `wait_for`
+exact); handlers run on a per-call worker fed by a bounded queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from bot.call import Call, CallContext
+from bot.events import CALL_EVENTS, EventHandlers
+from bot.notifications import (
+    CallChanged,
+    ContentSharingChanged,
+    OperationChanged,
+    RosterChanged,
+    parse,
+)
 
 logger = logging.getLogger(__name__)
 
-# Forward order of call states. "establishing" and "established" may arrive out of order
-# (Graph docs), so a notification never moves a call backwards along this order.
-STATE_ORDER = {
-    "incoming": 0,
-    "establishing": 1,
-    "ringing": 1,
-    "established": 2,
-    "hold": 2,
-    "transferring": 3,
-    "transferAccepted": 4,
-    "redirecting": 4,
-    "terminating": 5,
-    "terminated": 6,
-}
-_CALL_URL = re.compile(r"^/(?:communications|app)/calls/([^/]+)(/participants)?$")
+ANSWER_WINDOW_SECONDS = 15.0  # call-answer.md: answer, reject or redirect within 15 s
+POLICY_RECORDING_WINDOW_SECONDS = 5.0  # ... and within 5 s for policy-based recording
+DECISION_FRACTION = 0.6  # user code gets this share of the window before the fallback acts
+DISPATCH_QUEUE_EVENTS = 256
+DEDUPE_MEMORY = 512
 
 
-class CallEndedError(Exception):
-    """The call ended before it reached the state being waited for."""
+class Lifecycle(Protocol):
+    """The bot's side of a call's life: what happens beyond state and user events."""
 
-    def __init__(self, call: Call, state: str) -> None:
-        super().__init__(f"call {call.id} ended before {state}: resultInfo {call.result_info}")
-        self.call = call
+    def established(self, call: Call) -> None: ...
 
+    def terminated(self, call: Call) -> None: ...
 
-@dataclass
-class Call:
-    id: str
-    state: str = "establishing"
-    states_seen: list[str] = field(default_factory=list)
-    result_info: dict[str, Any] | None = None
-    participants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    media_session_id: str | None = None
-    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def apply_state(self, state: str) -> None:
-        if state not in STATE_ORDER:
-            logger.info("Call(%s) ignores unknown state %r", self.id, state)
-            return
-        if STATE_ORDER[state] < STATE_ORDER.get(self.state, 0):
-            logger.info("Call(%s) ignores stale %s after %s", self.id, state, self.state)
-            return
-        if not self.states_seen or self.states_seen[-1] != state:
-            self.states_seen.append(state)
-        self.state = state
-        self._changed.set()
-
-    async def wait_for(self, state: str, within_seconds: float) -> None:
-        """Wait until the call reaches `state` or a later one.
-
-        Raises TimeoutError, or CallEndedError if it terminated without passing `state`.
-        """
-        async with asyncio.timeout(within_seconds):
-            while STATE_ORDER.get(self.state, 0) < STATE_ORDER[state]:
-                self._changed.clear()
-                await self._changed.wait()
-        if state not in self.states_seen and self.state == "terminated" != state:
-            raise CallEndedError(self, state)
-
-    def msi_to_participant(self) -> dict[int, str]:
-        """Audio MSIs (roster mediaStreams.sourceId) to participant ids."""
-        out: dict[int, str] = {}
-        for pid, participant in self.participants.items():
-            for stream in participant.get("mediaStreams") or []:
-                if stream.get("mediaType") == "audio" and str(stream.get("sourceId", "")).isdigit():
-                    out[int(stream["sourceId"])] = pid
-        return out
+    async def incoming_fallback(self, call: Call) -> None: ...
 
 
-class CallRegistry:
-    def __init__(self, on_terminated: Callable[[Call], None] | None = None) -> None:
+class _Dispatcher:
+    """One call's event queue and the worker that drains it in order."""
+
+    def __init__(self, call: Call) -> None:
+        self.queue: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue(
+            DISPATCH_QUEUE_EVENTS
+        )
+        self.task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+
+class CallCollection:
+    def __init__(
+        self,
+        context: CallContext | None = None,
+        lifecycle: Lifecycle | None = None,
+        window_scale: float = 1.0,
+    ) -> None:
         self.calls: dict[str, Call] = {}
+        self.events = EventHandlers((*CALL_EVENTS, "incoming_call"))
         self.ignored = 0
-        self._on_terminated = on_terminated
+        self.duplicates = 0
+        self._context = context
+        self._lifecycle = lifecycle
+        self._window_scale = window_scale
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._dispatchers: dict[str, _Dispatcher] = {}
 
     def get_or_add(self, call_id: str) -> Call:
         call = self.calls.get(call_id)
         if call is None:
             # Notifications can arrive before the POST that created the call has returned.
-            call = self.calls[call_id] = Call(call_id)
+            call = self.calls[call_id] = Call(call_id, self._context)
         return call
 
+    # -- notifications ------------------------------------------------------------------------
+
     def apply(self, item: Any) -> None:
-        """Apply one commsNotification. Malformed items are counted and skipped."""
-        if not isinstance(item, dict):
+        """Apply one commsNotification item. Malformed ones are counted and skipped."""
+        try:
+            note = parse(item)
+        except ValueError as exc:
             self.ignored += 1
+            logger.info("Calls x ignored notification: %s", exc)
             return
-        url = item.get("resourceUrl") or item.get("resource") or ""
-        match = _CALL_URL.match(str(url))
-        data = item.get("resourceData")
-        if match is None:
-            self.ignored += 1
+        if self._duplicate(item):
+            self.duplicates += 1
             return
-        call = self.get_or_add(match.group(1))
-        if match.group(2):  # roster: an array of participants
-            for participant in data if isinstance(data, list) else []:
-                if isinstance(participant, dict) and isinstance(participant.get("id"), str):
-                    call.participants[participant["id"]] = participant
-            return
-        if not isinstance(data, dict):
-            self.ignored += 1
-            return
-        was_terminated = call.state == "terminated"
-        if item.get("changeType") == "deleted":
-            call.result_info = data.get("resultInfo")
-            call.apply_state("terminated")
-        elif isinstance(data.get("state"), str):
-            call.apply_state(data["state"])
-        if call.state == "terminated" and not was_terminated and self._on_terminated is not None:
-            self._on_terminated(call)
+        call = self.get_or_add(note.call_id)
+        if isinstance(note, CallChanged):
+            self._call_changed(call, note)
+        elif isinstance(note, RosterChanged):
+            update = call.apply_roster(note)
+            if update:
+                self._enqueue(call, "participants", call, update)
+        elif isinstance(note, OperationChanged):
+            self._enqueue(call, "operation", call, call.track_operation(note.resource))
+        elif isinstance(note, ContentSharingChanged):
+            self._enqueue(call, "content_sharing", call, note.sessions)
+
+    def _duplicate(self, item: Any) -> bool:
+        key = hashlib.sha1(json.dumps(item, sort_keys=True).encode()).digest()
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > DEDUPE_MEMORY:
+            self._seen.popitem(last=False)
+        return False
+
+    def _call_changed(self, call: Call, note: CallChanged) -> None:
+        incoming = note.change_type == "created" and note.resource.get("state") == "incoming"
+        if incoming:
+            call.state = "incoming"
+        new_state = call.apply_resource(note.resource, deleted=note.change_type == "deleted")
+        tone = note.resource.get("toneInfo")
+        if isinstance(tone, dict) and isinstance(tone.get("tone"), str):
+            call.tones_seen.append(tone["tone"])
+            self._enqueue(call, "tone", call, tone["tone"])
+        if incoming:
+            self._enqueue_coro(call, self._decide(call))
+        if new_state is not None:
+            self._enqueue(call, "state", call, new_state)
+            if new_state == "established" and self._lifecycle is not None:
+                self._lifecycle.established(call)
+            if new_state == "terminated":
+                if self._lifecycle is not None:
+                    self._lifecycle.terminated(call)
+                self._enqueue(call, "terminated", call)
+
+    # -- incoming calls -----------------------------------------------------------------------
+
+    async def _decide(self, call: Call) -> None:
+        """Give user code its share of Graph's window, then let the fallback decide."""
+        window = (
+            POLICY_RECORDING_WINDOW_SECONDS if call.is_policy_recording else ANSWER_WINDOW_SECONDS
+        )
+        budget = window * DECISION_FRACTION * self._window_scale
+        if self.events.has("incoming_call"):
+            handler = asyncio.create_task(self.events.emit("incoming_call", call))
+            try:
+                await asyncio.wait_for(asyncio.shield(handler), budget)
+            except TimeoutError:
+                logger.warning(
+                    "Call(%s) incoming handler still undecided after %.1f s", call.id, budget
+                )
+        if call.decision is None and call.state == "incoming" and self._lifecycle is not None:
+            await self._lifecycle.incoming_fallback(call)
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def _enqueue(self, call: Call, name: str, *args: Any) -> None:
+        self._put(call, (name, args))
+
+    def _enqueue_coro(self, call: Call, coro: Coroutine[Any, Any, None]) -> None:
+        self._put(call, ("__coro__", (coro,)))
+
+    def _put(self, call: Call, entry: tuple[str, tuple[Any, ...]]) -> None:
+        dispatcher = self._dispatchers.get(call.id)
+        if dispatcher is None:
+            dispatcher = self._dispatchers[call.id] = _Dispatcher(call)
+        if dispatcher.task is None or dispatcher.task.done():
+            dispatcher.task = asyncio.create_task(self._work(call, dispatcher))
+        try:
+            dispatcher.queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            dispatcher.dropped += 1  # a handler is stuck; state is still current
+            if entry[0] == "__coro__":
+                entry[1][0].close()
+
+    async def _work(self, call: Call, dispatcher: _Dispatcher) -> None:
+        while True:
+            name, args = await dispatcher.queue.get()
+            try:
+                if name == "__coro__":
+                    await args[0]
+                else:
+                    await call.events.emit(name, *args)
+                    await self.events.emit(name, *args)
+            except Exception:
+                logger.exception("Call(%s) dispatch of %s failed", call.id, name)
+            finally:
+                dispatcher.queue.task_done()
+            if call.state == "terminated" and dispatcher.queue.empty():
+                self._dispatchers.pop(call.id, None)
+                return
+
+    async def idle(self) -> None:
+        """Until every queued event has been handled (for tests and orderly shutdown)."""
+        while True:
+            dispatchers = list(self._dispatchers.values())
+            await asyncio.gather(*(d.queue.join() for d in dispatchers))
+            if all(d in dispatchers for d in self._dispatchers.values()):
+                return
+
+    async def close(self) -> None:
+        tasks = [d.task for d in self._dispatchers.values() if d.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._dispatchers.clear()

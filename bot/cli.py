@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(settings: Settings, join_url: str | None) -> int:
     from bot.app import Bot
-    from bot.calls import CallEndedError
+    from bot.call import CallEndedError
 
     bot = Bot(settings)
     await bot.start()

@@ -109,7 +109,7 @@ async def run_demo(
                     f"sent {s.get('sent', 0):5d}"
                 )
         media_stats = dict(bot.media.session(call.media_session_id or "").stats)  # type: ignore[union-attr]
-        await bot.hang_up(call)
+        await call.hang_up()
         await call.wait_for("terminated", TERMINATE_TIMEOUT_SECONDS)
         report, heard = await emulator_thread.run_async(emulator.echo_report(call.id))
     finally:
@@ -118,7 +118,7 @@ async def run_demo(
 
     wav_dir = json_path.parent if json_path else out_dir
     await asyncio.to_thread(write_wav, wav_dir / "participant_heard.wav", heard)
-    roster = {pid: p.get("info", {}).get("identity", {}) for pid, p in call.participants.items()}
+    roster = {pid: p.identity for pid, p in call.participants.items()}
     summary: dict[str, Any] = {
         "call_id": call.id,
         "call_states": call.states_seen,

@@ -18,6 +18,21 @@ class GraphError(Exception):
         self.body = body or {}
 
 
+class GraphThrottledError(GraphError):
+    """Graph answered 429, 503 or 504 (after the client's retries, when it reaches the caller)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        body: dict[str, Any] | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(status, code, message, body)
+        self.retry_after = retry_after
+
+
 class GraphAuthError(GraphError):
     """No access token could be acquired (bad credentials, unreachable authority)."""
 

@@ -43,6 +43,7 @@ class Settings:
     webhook_port: int = 9441
     callback_url: str | None = None  # default https://{service_fqdn}:{webhook port}/api/calling
     notification_leeway_seconds: float = 300.0  # .NET's default clock skew (reliability.md 1.1)
+    incoming_call_fallback: str = "answer"  # "answer" or "reject": when no handler decides in time
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, toml_path: str | None = None) -> Settings:
@@ -96,6 +97,8 @@ class Settings:
             raise SettingsError("callback_url must be an https URL (Graph requires it)")
         if (self.cert_file is None) != (self.key_file is None):
             raise SettingsError("cert_file and key_file go together")
+        if self.incoming_call_fallback not in ("answer", "reject"):
+            raise SettingsError("incoming_call_fallback must be answer or reject")
         for name in ("app_id", "app_secret", "tenant_id", "service_fqdn"):
             if not getattr(self, name):
                 raise SettingsError(f"{name} must not be empty")

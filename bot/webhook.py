@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.calls import CallRegistry
+from bot.calls import CallCollection
 from bot.errors import InboundAuthError
 from bot.inbound_auth import NotificationValidator
 
@@ -26,14 +26,14 @@ class WebhookStats:
 
 
 VALIDATOR = web.AppKey("validator", NotificationValidator)
-REGISTRY = web.AppKey("registry", CallRegistry)
+CALLS = web.AppKey("calls", CallCollection)
 STATS = web.AppKey("stats", WebhookStats)
 
 
-def create_app(validator: NotificationValidator, registry: CallRegistry) -> web.Application:
+def create_app(validator: NotificationValidator, calls: CallCollection) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[VALIDATOR] = validator
-    app[REGISTRY] = registry
+    app[CALLS] = calls
     app[STATS] = WebhookStats()
     app.router.add_post(WEBHOOK_PATH, _notifications)
     return app
@@ -55,9 +55,9 @@ async def _notifications(request: web.Request) -> web.Response:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as exc:
         stats.malformed += 1
         return web.json_response({"error": "badRequest", "message": f"{exc}"}, status=400)
-    registry = request.app[REGISTRY]
+    calls = request.app[CALLS]
     for item in items:
-        registry.apply(item)
+        calls.apply(item)
     stats.accepted += 1
     # The .NET SDK answers 202 Accepted (graph-comms.md 1.7).
     return web.Response(status=202)

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from bot.app import Bot
-from bot.calls import CallEndedError
+from bot.call import CallEndedError
 from bot.devcerts import DevCerts
 from bot.errors import GraphAuthError, GraphError
 from bot.graph.auth import TokenProvider

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.calls import CallRegistry
+from bot.calls import CallCollection
 from bot.join_url import parse_join_url
 from bot.settings import Settings, SettingsError
 
@@ -25,25 +25,26 @@ def _call_item(call_id: str, state: str, change: str = "updated") -> dict[str, o
     }
 
 
-def test_out_of_order_establishing_does_not_move_a_call_back() -> None:
-    registry = CallRegistry()
+async def test_out_of_order_establishing_does_not_move_a_call_back() -> None:
+    registry = CallCollection()
     registry.apply(_call_item("c", "established"))
     registry.apply(_call_item("c", "establishing"))
     assert registry.calls["c"].state == "established"
     assert registry.calls["c"].states_seen == ["established"]
 
 
-def test_deleted_terminates_and_keeps_result_info() -> None:
-    registry = CallRegistry()
+async def test_deleted_terminates_and_keeps_result_info() -> None:
+    registry = CallCollection()
     item = _call_item("c", "terminated", "deleted")
     item["resourceData"] = {"state": "terminated", "resultInfo": {"code": 0, "subcode": 7015}}
+    item["resourceUrl"] = "/communications/calls/c"
     registry.apply(item)
     assert registry.calls["c"].state == "terminated"
     assert registry.calls["c"].result_info == {"code": 0, "subcode": 7015}
 
 
-def test_roster_links_audio_msis_to_participants() -> None:
-    registry = CallRegistry()
+async def test_roster_links_audio_msis_to_participants() -> None:
+    registry = CallCollection()
     registry.apply(
         {
             "changeType": "updated",
@@ -65,8 +66,8 @@ def test_roster_links_audio_msis_to_participants() -> None:
 @pytest.mark.parametrize(
     "item", [None, 3, {}, {"resourceUrl": "/elsewhere"}, {"resourceUrl": "/app/calls/x"}]
 )
-def test_malformed_items_are_counted_not_raised(item: object) -> None:
-    registry = CallRegistry()
+async def test_malformed_items_are_counted_not_raised(item: object) -> None:
+    registry = CallCollection()
     registry.apply(item)
     assert registry.ignored == 1
 

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pytest_aiohttp import AiohttpClient
 
-from bot.calls import CallRegistry
+from bot.calls import CallCollection
 from bot.inbound_auth import NotificationValidator
 from bot.webhook import STATS, WEBHOOK_PATH, create_app
 from emulator import Emulator
@@ -102,7 +102,7 @@ async def webhook(
     validator = NotificationValidator(
         APP_ID, f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration", session, client_ssl
     )
-    registry = CallRegistry()
+    registry = CallCollection()
     client = await aiohttp_client(create_app(validator, registry))
     yield client, registry, validator
     await session.close()
@@ -160,7 +160,7 @@ async def test_unreachable_key_endpoint_fails_closed(
     async with aiohttp.ClientSession() as session:
         url = f"https://127.0.0.1:{closed_port}/v1/.well-known/OpenIdConfiguration"
         validator = NotificationValidator(APP_ID, url, session, client_ssl)
-        registry = CallRegistry()
+        registry = CallCollection()
         client = await aiohttp_client(create_app(validator, registry))
         assert await _post(client, _signed(emulator.notification_keys[0], _claims())) == 401
         assert registry.calls == {}
@@ -178,7 +178,7 @@ async def test_key_refresh_is_rate_limited_whatever_the_kid(
             client_ssl,
             clock=lambda: now[0],
         )
-        client = await aiohttp_client(create_app(validator, CallRegistry()))
+        client = await aiohttp_client(create_app(validator, CallCollection()))
         key = emulator.notification_keys[0]
         assert await _post(client, _signed(key, _claims())) == 202
         for _ in range(5):  # forged kids inside the minute: no fetch at all

@@ -1,0 +1,341 @@
+"""A call: its state kept current from notifications, and every operation Graph offers on it.
+
+Operations follow graph-comms.md section 1.2 (one method per endpoint). Those that return a
+commsOperation return an Operation; await `op.wait()` for its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+from bot.events import EventHandlers
+from bot.graph import shapes
+from bot.graph.client import GraphClient
+from bot.operations import Operation
+from bot.participants import Participant, Roster, RosterUpdate, _context
+
+logger = logging.getLogger(__name__)
+
+# Forward order of call states (graph-comms.md 1.4). "establishing"/"established" may arrive out
+# of order, so a notification never moves a call backwards along this order, except the one
+# documented way back: a failed transfer returns to "established".
+STATE_ORDER = {
+    "incoming": 0,
+    "establishing": 1,
+    "ringing": 1,
+    "established": 2,
+    "hold": 2,
+    "redirecting": 3,
+    "transferring": 3,
+    "transferAccepted": 4,
+    "terminating": 5,
+    "terminated": 6,
+}
+Decision = Literal["answered", "rejected", "redirected"]
+
+
+class CallEndedError(Exception):
+    """The call ended before it reached the state being waited for."""
+
+    def __init__(self, call: Call, state: str) -> None:
+        super().__init__(f"call {call.id} ended before {state}: resultInfo {call.result_info}")
+        self.call = call
+
+
+class CallContext(Protocol):
+    """What a call needs from the bot that owns it."""
+
+    @property
+    def graph(self) -> GraphClient: ...
+
+    callback_url: str
+
+    def new_media_blob(self, call: Call) -> str: ...
+
+
+class Call:
+    def __init__(self, call_id: str, context: CallContext | None = None) -> None:
+        self.id = call_id
+        self.context = context
+        self.state = "establishing"
+        self.states_seen: list[str] = []
+        self.resource: dict[str, Any] = {}
+        self.result_info: dict[str, Any] | None = None
+        self.roster = Roster()
+        self.participants: dict[str, Participant] = {}
+        self.operations: dict[str, Operation] = {}
+        self.events = EventHandlers()
+        self.media_session_id: str | None = None
+        self.scenario_id = ""
+        self.delta_roster = False
+        self.decision: Decision | None = None
+        self.tones_seen: list[str] = []
+        self._changed = asyncio.Event()
+
+    # -- state from notifications -------------------------------------------------------------
+
+    @property
+    def direction(self) -> str:
+        return str(self.resource.get("direction", ""))
+
+    @property
+    def is_policy_recording(self) -> bool:
+        """Policy-based recording invitations name the observed participant (5 s to answer)."""
+        context = self.resource.get("incomingContext") or {}
+        return bool(isinstance(context, dict) and context.get("observedParticipantId"))
+
+    def apply_resource(self, resource: dict[str, Any], deleted: bool) -> str | None:
+        """Merge a call resource; returns the new state if it changed, else None."""
+        self.resource = {**self.resource, **resource}
+        if isinstance(resource.get("resultInfo"), dict):
+            self.result_info = resource["resultInfo"]
+        state = "terminated" if deleted else resource.get("state")
+        return self.apply_state(state) if isinstance(state, str) else None
+
+    def apply_state(self, state: str) -> str | None:
+        if state not in STATE_ORDER:
+            logger.info("Call(%s) ignores unknown state %r", self.id, state)
+            return None
+        back_from_transfer = state == "established" and self.state in (
+            "transferring",
+            "transferAccepted",
+        )
+        if STATE_ORDER[state] < STATE_ORDER.get(self.state, 0) and not back_from_transfer:
+            logger.info("Call(%s) ignores stale %s after %s", self.id, state, self.state)
+            return None
+        if self.states_seen and self.states_seen[-1] == state:
+            return None
+        self.states_seen.append(state)
+        self.state = state
+        self._changed.set()
+        return state
+
+    def apply_roster(self, update_from: Any) -> RosterUpdate:
+        update = self.roster.apply(update_from, self.delta_roster)
+        for pid in update.removed:
+            self.participants.pop(pid, None)
+        for pid in (*update.added, *update.updated):
+            resource = self.roster.participants[pid]
+            if pid in self.participants:
+                self.participants[pid].resource = resource
+            else:
+                self.participants[pid] = Participant(self, resource)
+        return update
+
+    async def wait_for(self, state: str, within_seconds: float) -> None:
+        """Wait until the call reaches `state` or a later one.
+
+        Raises TimeoutError, or CallEndedError if it terminated without passing `state`.
+        """
+        async with asyncio.timeout(within_seconds):
+            while STATE_ORDER.get(self.state, 0) < STATE_ORDER[state]:
+                self._changed.clear()
+                await self._changed.wait()
+        if state not in self.states_seen and self.state == "terminated" != state:
+            raise CallEndedError(self, state)
+
+    def msi_to_participant(self) -> dict[int, str]:
+        """Audio MSIs (roster mediaStreams.sourceId) to participant ids."""
+        return {msi: p.id for p in self.participants.values() for msi in p.msis("audio")}
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _graph(self) -> GraphClient:
+        if self.context is None:
+            raise RuntimeError(f"Call({self.id}) is not attached to a bot")
+        return self.context.graph
+
+    async def request(
+        self, method: str, path: str = "", body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self._graph().request(
+            method, f"/communications/calls/{self.id}{path}", body, self.scenario_id
+        )
+
+    async def operation(self, path: str, body: dict[str, Any]) -> Operation:
+        """POST an action that returns a commsOperation, and track it."""
+        resource = await self.request("POST", path, body)
+        return self.track_operation(resource)
+
+    def track_operation(self, resource: dict[str, Any]) -> Operation:
+        op_id = str(resource.get("id", ""))
+        known = self.operations.get(op_id) if op_id else None
+        if known is not None:
+            known.update(resource)
+            return known
+        op = Operation(resource)
+        if op_id:
+            self.operations[op_id] = op
+        if not op_id or op.status is None and not resource:
+            op.finish_without_notification()
+        return op
+
+    # -- answering an incoming call (call-answer.md, call-reject.md, call-redirect.md) ---------
+
+    async def answer(
+        self,
+        *,
+        media: Literal["app", "service"] = "app",
+        modalities: Sequence[str] = ("audio",),
+        participant_capacity: int | None = None,
+        delta_roster: bool = False,
+        prefetch: list[tuple[str, str]] | None = None,
+    ) -> None:
+        if self.context is None:
+            raise RuntimeError("not attached to a bot")
+        media_config = (
+            shapes.app_hosted_media(self.context.new_media_blob(self))
+            if media == "app"
+            else shapes.service_hosted_media(prefetch)
+        )
+        body: dict[str, Any] = {
+            "callbackUri": self.context.callback_url,
+            "acceptedModalities": list(modalities),
+            "mediaConfig": media_config,
+        }
+        if delta_roster:
+            self.delta_roster = True
+            body["callOptions"] = {
+                "@odata.type": "#microsoft.graph.incomingCallOptions",
+                "isDeltaRosterEnabled": True,
+            }
+        if participant_capacity is not None:
+            body["participantCapacity"] = participant_capacity
+        self.decision = "answered"
+        await self.request("POST", "/answer", body)
+
+    async def reject(self, reason: Literal["none", "busy", "forbidden"] = "none") -> None:
+        self.decision = "rejected"
+        await self.request("POST", "/reject", {"reason": reason})
+
+    async def redirect(
+        self, targets: Sequence[dict[str, Any]], timeout_seconds: int | None = None
+    ) -> None:
+        """targets: identity sets; more than one rings them all (at most 25; timeout 15-90 s)."""
+        if not 1 <= len(targets) <= 25:
+            raise ValueError("redirect takes 1 to 25 targets")
+        body: dict[str, Any] = {
+            "targets": [shapes.invitation_participant(t) for t in targets],
+            "callbackUri": self.context.callback_url if self.context else None,
+        }
+        if timeout_seconds is not None:
+            if not 15 <= timeout_seconds <= 90:
+                raise ValueError("redirect timeout is 15 to 90 seconds")
+            body["timeout"] = timeout_seconds
+        self.decision = "redirected"
+        await self.request("POST", "/redirect", body)
+
+    # -- in-call operations --------------------------------------------------------------------
+
+    async def transfer(self, target: dict[str, Any], replaces_call_id: str | None = None) -> None:
+        """Blind transfer to an identity, or consultative with `replaces_call_id`."""
+        await self.request(
+            "POST",
+            "/transfer",
+            {"transferTarget": shapes.invitation_participant(target, replaces_call_id)},
+        )
+
+    async def hang_up(self) -> None:
+        await self.request("DELETE")
+
+    async def keep_alive(self) -> None:
+        """POST keepAlive: Graph ends a call with no request for 45 minutes (call-keepalive.md)."""
+        await self.request("POST", "/keepAlive")
+
+    async def mute(self, client_context: str | None = None) -> Operation:
+        return await self.operation("/mute", _context(client_context))
+
+    async def unmute(self, client_context: str | None = None) -> Operation:
+        return await self.operation("/unmute", _context(client_context))
+
+    async def subscribe_to_tone(self, client_context: str | None = None) -> Operation:
+        """Tones then arrive as call updates with toneInfo; see the "tone" event."""
+        return await self.operation("/subscribeToTone", _context(client_context))
+
+    async def send_dtmf_tones(
+        self, tones: str | list[str], delay_between_tones_ms: int | None = None
+    ) -> Operation:
+        body: dict[str, Any] = {"tones": shapes.tone_names(tones)}
+        if delay_between_tones_ms is not None:
+            body["delayBetweenTonesMs"] = delay_between_tones_ms
+        return await self.operation("/sendDtmfTones", body)
+
+    async def update_recording_status(
+        self, status: Literal["notRecording", "recording", "failed"], client_context: str = ""
+    ) -> Operation:
+        """Required by Graph's terms before recording or persisting media."""
+        return await self.operation(
+            "/updateRecordingStatus", {"status": status, **_context(client_context or None)}
+        )
+
+    async def change_screen_sharing_role(self, role: Literal["viewer", "sharer"]) -> None:
+        await self.request("POST", "/changeScreenSharingRole", {"role": role})
+
+    async def play_prompt(
+        self, prompts: Sequence[tuple[str, str]], client_context: str | None = None
+    ) -> Operation:
+        """Service-hosted media only. prompts: (uri, resourceId) of 16 kHz mono WAV files."""
+        if not 1 <= len(prompts) <= 20:
+            raise ValueError("playPrompt takes 1 to 20 prompts")
+        body = {"prompts": [shapes.media_prompt(u, r) for u, r in prompts]}
+        return await self.operation("/playPrompt", {**body, **_context(client_context)})
+
+    async def record(
+        self,
+        *,
+        prompt: tuple[str, str] | None = None,
+        barge_in_allowed: bool = False,
+        initial_silence_timeout_seconds: int = 5,
+        max_silence_timeout_seconds: int = 5,
+        max_record_duration_seconds: int = 5,
+        play_beep: bool = True,
+        stop_tones: Sequence[str] = (),
+        client_context: str | None = None,
+    ) -> Operation:
+        """Service-hosted media only (call-record.md): record a response, at most 2 minutes."""
+        for name, value in (
+            ("initial silence", initial_silence_timeout_seconds),
+            ("max silence", max_silence_timeout_seconds),
+            ("max duration", max_record_duration_seconds),
+        ):
+            if not 1 <= value <= 120:
+                raise ValueError(f"record {name} timeout is 1 to 120 seconds")
+        body: dict[str, Any] = {
+            "bargeInAllowed": barge_in_allowed,
+            "initialSilenceTimeoutInSeconds": initial_silence_timeout_seconds,
+            "maxSilenceTimeoutInSeconds": max_silence_timeout_seconds,
+            "maxRecordDurationInSeconds": max_record_duration_seconds,
+            "playBeep": play_beep,
+            "stopTones": shapes.tone_names(list(stop_tones)),
+            **_context(client_context),
+        }
+        if prompt is not None:
+            body["prompts"] = [shapes.media_prompt(*prompt)]
+        return await self.operation("/record", body)
+
+    async def cancel_media_processing(self, client_context: str | None = None) -> Operation:
+        return await self.operation("/cancelMediaProcessing", _context(client_context))
+
+    async def add_large_gallery_view(self, client_context: str | None = None) -> Operation:
+        return await self.operation("/addLargeGalleryView", _context(client_context))
+
+    async def invite(
+        self,
+        identities: Sequence[dict[str, Any]],
+        replaces_call_id: str | None = None,
+        client_context: str | None = None,
+    ) -> Operation:
+        """participants/invite (participant-invite.md)."""
+        body = {
+            "participants": [
+                shapes.invitation_participant(i, replaces_call_id) for i in identities
+            ],
+            **_context(client_context),
+        }
+        return await self.operation("/participants/invite", body)
+
+    def __repr__(self) -> str:
+        return f"Call({self.id} {self.state})"

@@ -1,0 +1,77 @@
+"""commsOperations the bot started, and their outcomes (graph-comms.md section 1.8).
+
+"If the action's response says completed/failed, no notification follows. If it says
+notStarted/running/null, the final state arrives as an operation notification."
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bot.errors import GraphError
+
+FINAL = ("completed", "failed")
+
+
+class OperationFailedError(GraphError):
+    """A commsOperation ended `failed`; carries its resultInfo."""
+
+    def __init__(self, operation: Operation) -> None:
+        info = operation.result_info or {}
+        super().__init__(
+            int(info.get("code", 0) or 0),
+            str(info.get("subcode", info.get("subCode", ""))),
+            f"{operation.kind} {operation.id} failed: {info.get('message', '')}",
+            operation.resource,
+        )
+        self.operation = operation
+
+
+class Operation:
+    """One operation: status as Graph last reported it; await `wait()` for the outcome."""
+
+    def __init__(self, resource: dict[str, Any]) -> None:
+        self.id = str(resource.get("id", ""))
+        self.kind = str(resource.get("@odata.type", "#microsoft.graph.commsOperation")).rsplit(
+            ".", 1
+        )[-1]
+        self.client_context = resource.get("clientContext")
+        self.resource: dict[str, Any] = {}
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.update(resource)
+
+    @property
+    def status(self) -> str | None:
+        status = self.resource.get("status")
+        return status if isinstance(status, str) else None
+
+    @property
+    def result_info(self) -> dict[str, Any] | None:
+        info = self.resource.get("resultInfo")
+        return info if isinstance(info, dict) else None
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    def update(self, resource: dict[str, Any]) -> None:
+        self.resource = {**self.resource, **resource}
+        if self.status in FINAL and not self._done.done():
+            self._done.set_result(None)
+
+    def finish_without_notification(self) -> None:
+        """For operations Graph completes synchronously without a status (e.g. 202 actions)."""
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def wait(self, within_seconds: float = 60.0) -> Operation:
+        """The operation once it is final. Raises OperationFailedError, TimeoutError."""
+        async with asyncio.timeout(within_seconds):
+            await asyncio.shield(self._done)
+        if self.status == "failed":
+            raise OperationFailedError(self)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Operation({self.kind} {self.id} {self.status})"
