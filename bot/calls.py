@@ -32,7 +32,7 @@ ANSWER_WINDOW_SECONDS = 15.0  # call-answer.md: answer, reject or redirect withi
 POLICY_RECORDING_WINDOW_SECONDS = 5.0  # ... and within 5 s for policy-based recording
 DECISION_FRACTION = 0.6  # user code gets this share of the window before the fallback acts
 DISPATCH_QUEUE_EVENTS = 256
-DEDUPE_MEMORY = 512
+DEDUPE_MEMORY = 4096  # resources remembered for duplicate detection
 
 
 class Lifecycle(Protocol):
@@ -70,7 +70,7 @@ class CallCollection:
         self._context = context
         self._lifecycle = lifecycle
         self._window_scale = window_scale
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._last: OrderedDict[str, bytes] = OrderedDict()
         self._dispatchers: dict[str, _Dispatcher] = {}
 
     def get_or_add(self, call_id: str) -> Call:
@@ -105,13 +105,20 @@ class CallCollection:
         elif isinstance(note, ContentSharingChanged):
             self._enqueue(call, "content_sharing", call, note.sessions)
 
-    def _duplicate(self, item: Any) -> bool:
-        key = hashlib.sha1(json.dumps(item, sort_keys=True).encode()).digest()
-        if key in self._seen:
+    def _duplicate(self, item: dict[str, Any]) -> bool:
+        """A re-delivery: identical to the last item applied for the same resource.
+
+        Notifications carry no id, and a resource can legitimately return to an earlier shape
+        (mute, unmute, mute), so only a repeat of the latest item per resource is a duplicate.
+        """
+        resource = str(item.get("resourceUrl") or item.get("resource"))
+        digest = hashlib.sha1(json.dumps(item, sort_keys=True).encode()).digest()
+        if self._last.get(resource) == digest:
             return True
-        self._seen[key] = None
-        if len(self._seen) > DEDUPE_MEMORY:
-            self._seen.popitem(last=False)
+        self._last[resource] = digest
+        self._last.move_to_end(resource)
+        if len(self._last) > DEDUPE_MEMORY:
+            self._last.popitem(last=False)
         return False
 
     def _call_changed(self, call: Call, note: CallChanged) -> None:
