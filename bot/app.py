@@ -99,7 +99,11 @@ class Bot:
         client_ssl = ssl.create_default_context(cafile=s.ca_file) if s.ca_file else None
         self._session = aiohttp.ClientSession()
         tokens = TokenProvider(
-            s.app_id, s.app_secret, f"{s.authority_url}/{s.tenant_id}", s.ca_file
+            s.app_id,
+            s.app_secret,
+            f"{s.authority_url}/{s.tenant_id}",
+            s.ca_file,
+            certificate_file=s.app_certificate_file,
         )
         self._graph = GraphClient(
             s.graph_url, tokens, self._session, client_ssl, sleep=self._retry_sleep

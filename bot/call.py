@@ -138,8 +138,11 @@ class Call:
             raise CallEndedError(self, state)
 
     def msi_to_participant(self) -> dict[int, str]:
-        """Audio MSIs (roster mediaStreams.sourceId) to participant ids."""
-        return {msi: p.id for p in self.participants.values() for msi in p.msis("audio")}
+        """Audio MSIs (roster mediaStreams.sourceId) to participant ids, the bot's own excluded."""
+        me = self.resource.get("myParticipantId")
+        return {
+            msi: p.id for p in self.participants.values() if p.id != me for msi in p.msis("audio")
+        }
 
     # -- requests -----------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ class SettingsError(ValueError):
 class Settings:
     app_id: str = "00000000-0000-0000-0000-00000000b07a"
     app_secret: str = "emulator-secret"
+    app_certificate_file: str | None = None  # PEM key + certificate: used instead of the secret
     tenant_id: str = "00000000-0000-0000-0000-0000000000e1"
     graph_url: str = f"{EMULATOR_URL}/v1.0"
     authority_url: str = EMULATOR_URL  # login.microsoftonline.com in production

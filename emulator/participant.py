@@ -38,6 +38,9 @@ class Meeting:
     organizer_id: str
     tenant_id: str
     participants: list[ParticipantScript] = field(default_factory=list)
+    # joinMeetingIdMeetingInfo {joinMeetingId, passcode} (GDC meetinginfo); None: not offered.
+    join_meeting_id: str | None = None
+    passcode: str | None = None
 
 
 DEMO_MSI = 0x2A11

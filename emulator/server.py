@@ -17,9 +17,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulator import graph, login
+from emulator import admin, faults, graph, login
 from emulator.analysis import EchoReport, Recording, echo_report
-from emulator.graph import EmulatedCall
+from emulator.calls import EmulatedCall, cancel_tasks
+from emulator.faults import FaultRule, RecordedRequest
 from emulator.keys import SigningKey
 from emulator.notifier import Notifier
 from emulator.participant import Meeting
@@ -27,6 +28,7 @@ from emulator.participant import Meeting
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MAX_CALLS = 5000
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class EmulatorConfig:
     meetings: list[Meeting] = field(default_factory=list)
     media_connect_timeout_seconds: float = 10.0
     token_lifetime_seconds: float = 3600.0
+    # Multiplies every Graph timing rule (15 s ring, 5 s policy ring, 45 min inactivity, prompt
+    # and transfer durations), so that tests run them in milliseconds.
+    time_scale: float = 1.0
+    # Users (identity ids) who decline a transfer to them (call-transfer.md failure path).
+    declining_users: set[str] = field(default_factory=set)
 
 
 def create_app(emulator: Emulator) -> web.Application:
@@ -57,9 +64,10 @@ def create_app(emulator: Emulator) -> web.Application:
         emulator.hits[f"{request.method} {info.canonical if info else request.path}"] += 1
         return await handler(request)
 
-    app = web.Application(middlewares=[count_hits])
+    app = web.Application(middlewares=[count_hits, faults.middleware(emulator)])
     app.add_routes(login.routes(emulator))
     app.add_routes(graph.routes(emulator))
+    app.add_routes(admin.routes(emulator))
     return app
 
 
@@ -70,6 +78,9 @@ class Emulator:
         self.notification_keys = [SigningKey()]
         self.calls: dict[str, EmulatedCall] = {}
         self.hits: Counter[str] = Counter()
+        self.requests: list[RecordedRequest] = []  # every Graph request, in arrival order
+        self.faults: list[FaultRule] = []
+        self.recordings: dict[str, tuple[str, bytes]] = {}  # recordResponse files: token, WAV
         self.client_ssl: ssl.SSLContext | None = None
         if config.trust_file:
             self.client_ssl = ssl.create_default_context(cafile=config.trust_file)
@@ -81,6 +92,14 @@ class Emulator:
     @property
     def base_url(self) -> str:
         return f"https://{self.config.host}:{self.port}"
+
+    def add_call(self, call: EmulatedCall) -> None:
+        """Keep the call; the oldest ended calls go once there are more than MAX_CALLS."""
+        self.calls[call.id] = call
+        if len(self.calls) > MAX_CALLS:
+            ended = [c.id for c in self.calls.values() if c.state == "terminated"]
+            for call_id in ended[: len(self.calls) - MAX_CALLS]:
+                del self.calls[call_id]
 
     def meeting(self, thread_id: str) -> Meeting | None:
         return next((m for m in self.config.meetings if m.thread_id == thread_id), None)
@@ -108,24 +127,19 @@ class Emulator:
         logger.info("Emulator listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        for call in list(self.calls.values()):
-            if call.task is not None:
-                call.task.cancel()
-            if call.link is not None:
-                await call.link.close("emulator stopping")
-        await asyncio.gather(
-            *(c.task for c in self.calls.values() if c.task is not None), return_exceptions=True
-        )
+        await asyncio.gather(*(cancel_tasks(c) for c in list(self.calls.values())))
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
 
-    async def post_notifications(self, call: EmulatedCall, items: list[dict[str, Any]]) -> int:
+    async def post_notifications(
+        self, call: EmulatedCall, items: list[dict[str, Any]], callback_uri: str | None = None
+    ) -> int:
         assert self._notifier is not None, "emulator not started"
         return await self._notifier.post(
             self.notification_keys[0],
-            call.callback_uri,
+            callback_uri or call.callback_uri,
             call.app_id,
             call.tenant_id,
             items,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import msal
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from bot.errors import GraphAuthError
 
@@ -27,15 +30,45 @@ class _TimeoutSession(requests.Session):
         return super().request(*args, **kwargs)
 
 
+def certificate_credential(path: str) -> dict[str, str]:
+    """MSAL's certificate credential: the key, and the SHA-1 thumbprint of the certificate."""
+    pem = Path(path).read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    key = serialization.load_pem_private_key(pem, password=None)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return {
+        "private_key": key_pem.decode(),
+        "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S324 - x5t is SHA-1 by spec
+        "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+
+
 class TokenProvider:
     """Acquires and caches app tokens; MSAL refreshes them before expiry.
 
     MSAL is blocking (requests), so every call runs in a worker thread, never on the loop.
     """
 
-    def __init__(self, app_id: str, secret: str, authority: str, ca_file: str | None) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        secret: str | None,
+        authority: str,
+        ca_file: str | None,
+        certificate_file: str | None = None,
+    ) -> None:
+        """Authenticate with a client secret, or with a certificate (a PEM file holding the
+        private key and the certificate; MSAL signs a client assertion with it)."""
+        if not secret and not certificate_file:
+            raise ValueError("a client secret or a certificate is required")
         self._app_id = app_id
-        self._secret = secret
+        self._credential: str | dict[str, str] = (
+            certificate_credential(certificate_file) if certificate_file else str(secret)
+        )
         self._authority = authority
         self._ca_file = ca_file
         self._app: Any = None
@@ -53,7 +86,7 @@ class TokenProvider:
                 microsoft = urllib.parse.urlsplit(self._authority).hostname in MICROSOFT_LOGIN_HOSTS
                 self._app = msal.ConfidentialClientApplication(
                     self._app_id,
-                    client_credential=self._secret,
+                    client_credential=self._credential,
                     authority=self._authority,
                     http_client=http,
                     instance_discovery=microsoft,

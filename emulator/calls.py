@@ -1,0 +1,343 @@
+"""One emulated call: its resource, its state machine (graph-comms.md 1.4) and the ordered stream
+of signed notifications Graph posts about it to its callbackUri (1.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from emulator.mediaprocessor import MediaProcessorError, MediaProcessorLink
+from emulator.notifier import notification
+from emulator.odata import APP_HOSTED, media_blob
+from emulator.participant import Meeting, ParticipantScript
+from emulator.roster import EmulatedParticipant, Roster
+
+if TYPE_CHECKING:
+    from emulator.server import Emulator
+
+logger = logging.getLogger(__name__)
+
+HISTORY = 2000  # notifications, tones and finished operations kept per call
+# Graph's timing rules, in seconds of Graph time (EmulatorConfig.time_scale shrinks them all).
+RING_SECONDS = 15.0  # answer/reject/redirect window (GDC call-answer.md)
+POLICY_RING_SECONDS = 5.0  # the same for policy-based recording (call-answer.md)
+INACTIVE_SECONDS = 45 * 60.0  # "not receive this request within 45 minutes" (call-keepalive.md)
+
+
+def result_info(code: int, subcode: int, message: str) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.resultInfo",
+        "code": code,
+        "subcode": subcode,
+        "message": message,
+    }
+
+
+# 500/7112: the documented symptom of a bot media endpoint that cannot be reached (1.4, 1.8).
+MEDIA_FAILED = result_info(500, 7112, "MediaControllerConversationAddParticipantFailed")
+HUNG_UP = result_info(0, 0, "The call was ended by the application.")
+# The docs give no code for these; 408 (request timeout) reads right for both, and the message
+# tells them apart.
+RING_TIMEOUT = result_info(408, 0, "The call was not answered, rejected or redirected in time.")
+INACTIVE = result_info(408, 0, "No request from the application for 45 minutes: call inactive.")
+
+ENDED = frozenset({"terminating", "terminated"})
+
+
+@dataclass
+class Operation:
+    """A commsOperation (GDC resources/commsoperation.md) of one subtype."""
+
+    id: str
+    kind: str  # e.g. "playPromptOperation"
+    client_context: str | None
+    status: str = "running"
+    result_info: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_graph(self) -> dict[str, Any]:
+        return {
+            "@odata.type": f"#microsoft.graph.{self.kind}",
+            "id": self.id,
+            "status": self.status,
+            "clientContext": self.client_context,
+            "resultInfo": self.result_info,
+            **self.extra,
+        }
+
+
+@dataclass
+class MediaJob:
+    """A queued playPrompt or recordResponse: they run one after the other
+    (call-cancelmediaprocessing.md: "by default queued to process in order")."""
+
+    operation: Operation
+    seconds: float
+    done: Callable[[], None]
+
+
+@dataclass
+class EmulatedCall:
+    id: str
+    app_id: str
+    tenant_id: str
+    callback_uri: str
+    direction: str  # outgoing | incoming
+    kind: str  # meeting | p2p | group | incoming
+    request: dict[str, Any]
+    scenario_id: str
+    media: dict[str, Any] | None = None
+    meeting: Meeting | None = None
+    speaker: ParticipantScript | None = None  # who talks to the bot on the media link
+    my_participant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    chain_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    state: str = "establishing"
+    result_info: dict[str, Any] | None = None
+    states_notified: list[str] = field(default_factory=list)
+    roster: Roster = field(default_factory=Roster)
+    operations: OrderedDict[str, Operation] = field(default_factory=OrderedDict)
+    media_queue: deque[MediaJob] = field(default_factory=deque)
+    media_worker: asyncio.Task[None] | None = None
+    recording_status: str = "notRecording"
+    screen_sharing_role: str = "viewer"
+    tone_subscribed: bool = False
+    tone_sequence: int = 0
+    tones: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    notifications: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    fields: dict[str, Any] = field(default_factory=dict)  # source, targets, incomingContext...
+    link: MediaProcessorLink | None = None
+    task: asyncio.Task[None] | None = None  # the lifecycle: establish, then watch the media
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    outbox: asyncio.Queue[tuple[str, dict[str, Any]] | None] | None = None
+    sender: asyncio.Task[None] | None = None
+    last_request: float = 0.0
+    ending: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"/communications/calls/{self.id}"
+
+    @property
+    def app_hosted(self) -> bool:
+        return self.media is not None and self.media.get("@odata.type") == APP_HOSTED
+
+    @property
+    def bot(self) -> EmulatedParticipant:
+        participant = self.roster.get(self.my_participant_id)
+        assert participant is not None, "the app's own participant is always in the roster"
+        return participant
+
+    def resource(self) -> dict[str, Any]:
+        """The call resource (GDC resources/call.md) as GET and notifications show it."""
+        data: dict[str, Any] = {
+            "@odata.type": "#microsoft.graph.call",
+            "@odata.id": self.url,
+            "id": self.id,
+            "state": self.state,
+            "direction": self.direction,
+            "callbackUri": self.callback_uri,
+            "callChainId": self.chain_id,
+            "myParticipantId": self.my_participant_id,
+            "requestedModalities": self.request.get("requestedModalities", ["audio"]),
+            "mediaConfig": self.media,
+            "chatInfo": self.request.get("chatInfo"),
+            "meetingInfo": self.request.get("meetingInfo"),
+            "callOptions": self.request.get("callOptions"),
+            "subject": self.request.get("subject"),
+            "tenantId": self.tenant_id,
+            "resultInfo": self.result_info,
+        }
+        data.update(self.fields)
+        return data
+
+    def touch(self) -> None:
+        """A request from the owning app: the 45-minute inactivity clock restarts."""
+        self.last_request = asyncio.get_running_loop().time()
+
+
+def bot_participant(call: EmulatedCall, source: dict[str, Any] | None) -> EmulatedParticipant:
+    """The app's own roster entry: its application identity, or the guest identity it joined
+    with (`source.identity.guest`, application-post-calls.md "join as guest")."""
+    identity: dict[str, Any] = {"application": {"id": call.app_id}}
+    given = source.get("identity") if isinstance(source, dict) else None
+    if isinstance(given, dict) and isinstance(given.get("guest"), dict):
+        guest = dict(given["guest"])
+        guest.setdefault("id", str(uuid.uuid4()))
+        identity = {"guest": guest}
+    # Real rosters list the app's own streams too (identifylargegalleryview.md); the emulator
+    # leaves them out for now because the bot's demo counts every roster MSI as a speaker.
+    return EmulatedParticipant(call.my_participant_id, identity, [])
+
+
+def scaled(emulator: Emulator, seconds: float) -> float:
+    return max(0.0, seconds * emulator.config.time_scale)
+
+
+def register(emulator: Emulator, call: EmulatedCall) -> None:
+    """Make the call known and start its notification sender and inactivity watchdog."""
+    emulator.add_call(call)
+    call.touch()
+    call.outbox = asyncio.Queue(maxsize=HISTORY)
+    call.sender = asyncio.create_task(_send(emulator, call))
+    spawn(call, _watch_inactivity(emulator, call))
+
+
+def spawn(call: EmulatedCall, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A background task that belongs to the call and is cancelled when the call ends."""
+    task = asyncio.create_task(coro)
+    call.tasks.add(task)
+    task.add_done_callback(call.tasks.discard)
+    return task
+
+
+async def _send(emulator: Emulator, call: EmulatedCall) -> None:
+    """Post the call's notifications one at a time, in the order they were made."""
+    assert call.outbox is not None
+    while True:
+        entry = await call.outbox.get()
+        if entry is None:
+            return
+        callback_uri, item = entry
+        await emulator.post_notifications(call, [item], callback_uri)
+
+
+def notify(emulator: Emulator, call: EmulatedCall, change_type: str, url: str, data: Any) -> None:
+    if call.outbox is None or (call.state == "terminated" and change_type != "deleted"):
+        return
+    item = notification(change_type, url, data)
+    call.notifications.append(item)
+    try:
+        call.outbox.put_nowait((call.callback_uri, item))
+    except asyncio.QueueFull:
+        logger.warning("Call(%s) outbox full, dropped a %s notification", call.id, change_type)
+
+
+def notify_call(
+    emulator: Emulator, call: EmulatedCall, change_type: str = "updated", **extra: Any
+) -> None:
+    if not call.states_notified or call.states_notified[-1] != call.state:
+        call.states_notified.append(call.state)
+    notify(emulator, call, change_type, call.url, {**call.resource(), **extra})
+
+
+def set_state(emulator: Emulator, call: EmulatedCall, state: str) -> None:
+    call.state = state
+    notify_call(emulator, call)
+
+
+def publish_roster(
+    emulator: Emulator, call: EmulatedCall, changed: list[EmulatedParticipant]
+) -> None:
+    data = call.roster.update(changed)
+    notify(emulator, call, "updated", f"{call.url}/participants", data)
+
+
+def add_operation(call: EmulatedCall, kind: str, context: str | None) -> Operation:
+    operation = Operation(str(uuid.uuid4()), kind, context)
+    call.operations[operation.id] = operation
+    while len(call.operations) > HISTORY:
+        call.operations.popitem(last=False)
+    return operation
+
+
+def finish_operation(
+    emulator: Emulator,
+    call: EmulatedCall,
+    operation: Operation,
+    status: str,
+    result: dict[str, Any] | None,
+    **extra: Any,
+) -> None:
+    """The operation's final state, as a `deleted` notification on its operations URL
+    (commsoperation.md: running operations end with a notification)."""
+    operation.status = status
+    operation.result_info = result
+    operation.extra.update(extra)
+    url = f"{call.url}/operations/{operation.id}"
+    notify(emulator, call, "deleted", url, {"@odata.id": url, **operation.to_graph()})
+
+
+async def establish(emulator: Emulator, call: EmulatedCall) -> None:
+    """establishing -> (media processor connects, for app-hosted media) -> established, then the
+    roster; an app-hosted call ends with 7112 when its media cannot connect or goes away."""
+    set_state(emulator, call, "establishing")
+    if call.app_hosted:
+        if not await _connect_media(emulator, call):
+            end_call(emulator, call, MEDIA_FAILED)
+            return
+    set_state(emulator, call, "established")
+    publish_roster(emulator, call, list(call.roster.participants.values()))
+    if call.link is not None:
+        await call.link.failed.wait()
+        # The bot's media went away under an established call: Graph ends the call.
+        end_call(emulator, call, MEDIA_FAILED)
+
+
+async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
+    blob = media_blob(call.media)
+    if blob is None or call.speaker is None:
+        return False
+    try:
+        call.link = MediaProcessorLink(blob, emulator.client_ssl)
+        await call.link.connect(call.speaker, emulator.config.media_connect_timeout_seconds)
+    except MediaProcessorError as exc:
+        logger.info("Call(%s) media failed: %s", call.id, exc)
+        return False
+    return True
+
+
+def end_call(emulator: Emulator, call: EmulatedCall, result: dict[str, Any] | None) -> None:
+    """End the call once, whoever asks: stop its work, then terminating/terminated."""
+    if call.ending:
+        return
+    call.ending = True
+    current = asyncio.current_task()
+    for task in [call.task, call.media_worker, *call.tasks]:
+        if task is not None and task is not current and not task.done():
+            task.cancel()
+    call.media_queue.clear()
+    spawn(call, _finish(emulator, call, result))
+
+
+async def _finish(emulator: Emulator, call: EmulatedCall, result: dict[str, Any] | None) -> None:
+    # A hang-up of an established call shows terminating first (call-delete.md).
+    if call.state == "established":
+        set_state(emulator, call, "terminating")
+    if call.link is not None:
+        await call.link.close("call ended")
+    call.state = "terminated"
+    call.result_info = result
+    notify_call(emulator, call, "deleted")
+    if call.outbox is not None:
+        try:
+            call.outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            pass  # the sender is cancelled with the emulator
+
+
+async def _watch_inactivity(emulator: Emulator, call: EmulatedCall) -> None:
+    limit = scaled(emulator, INACTIVE_SECONDS)
+    loop = asyncio.get_running_loop()
+    while True:
+        # Requests move the deadline on; sleep until the latest one, then look again.
+        remaining = call.last_request + limit - loop.time()
+        if remaining <= 0:
+            break
+        await asyncio.sleep(remaining)
+    logger.info("Call(%s) inactive: no request from its app", call.id)
+    end_call(emulator, call, INACTIVE)
+
+
+async def cancel_tasks(call: EmulatedCall) -> None:
+    """Stop everything the call runs (the emulator is stopping)."""
+    tasks = [t for t in [call.task, call.media_worker, call.sender, *call.tasks] if t is not None]
+    for task in tasks:
+        task.cancel()
+    if call.link is not None:
+        await call.link.close("emulator stopping")
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,222 @@
+"""Incoming calls: the `created` notification Graph posts for a call to the app, and the app's
+three answers, answer / reject / redirect, inside the 15 s window (5 s for policy-based
+recording) (GDC call-answer.md, call-reject.md, call-redirect.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from emulator.calls import (
+    POLICY_RING_SECONDS,
+    RING_SECONDS,
+    RING_TIMEOUT,
+    EmulatedCall,
+    bot_participant,
+    end_call,
+    establish,
+    notify_call,
+    register,
+    scaled,
+)
+from emulator.odata import (
+    CALL,
+    BadRequest,
+    bounded_int,
+    call_options,
+    https_uri,
+    identity_set,
+    media_config,
+    modalities,
+    optional_bool,
+)
+from emulator.participant import ParticipantScript
+from emulator.roster import from_script
+from emulator.routing import INCOMING, call_action
+
+if TYPE_CHECKING:
+    from emulator.server import Emulator
+
+ACCEPTED_MODALITIES = frozenset({"audio", "video", "videoBasedScreenSharing"})  # call-answer.md
+REJECT_REASONS = frozenset({"none", "busy", "forbidden"})  # call-reject.md (None, Busy, Forbidden)
+MAX_REDIRECT_TARGETS = 25  # "We support up to 25 targets for simulring" (call-redirect.md)
+DEFAULT_CALLER = ParticipantScript(
+    "Casey Caller", str(uuid.UUID(int=0xCA11E4)), 0xCA11, "", seed=11
+)
+
+
+def create_incoming(emulator: Emulator, body: dict[str, Any]) -> EmulatedCall:
+    """A call to the app (POST /emulator/calls/incoming): posts `created` with state incoming."""
+    app = emulator.config.apps.get(str(body.get("appId")))
+    if app is None:
+        raise BadRequest("appId must name a registered application.")
+    tenant = body.get("tenantId", app.tenant_id)
+    if not isinstance(tenant, str):
+        raise BadRequest("tenantId must be a string.")
+    policy = optional_bool(body, "policyRecording", False)
+    script = _caller(body.get("caller"))  # participantCapacity is accepted and ignored
+    call = EmulatedCall(
+        id=str(uuid.uuid4()),
+        app_id=app.app_id,
+        tenant_id=tenant,
+        callback_uri=str(https_uri(body, "callbackUri", required=True)),
+        direction="incoming",
+        kind="incoming",
+        request={"requestedModalities": ["audio"]},
+        scenario_id=str(uuid.uuid4()),
+        state="incoming",
+        speaker=script,
+    )
+    caller = call.roster.add(from_script(script))
+    call.roster.add(bot_participant(call, None))
+    call.fields.update(_incoming_fields(call, script, caller.id, policy))
+    register(emulator, call)
+    notify_call(emulator, call, "created")
+    seconds = POLICY_RING_SECONDS if policy else RING_SECONDS
+    call.task = asyncio.create_task(_ring(emulator, call, seconds))
+    return call
+
+
+def _caller(given: Any) -> ParticipantScript:
+    if given is None:
+        return ParticipantScript(
+            DEFAULT_CALLER.display_name,
+            DEFAULT_CALLER.user_id,
+            DEFAULT_CALLER.msi,
+            str(uuid.uuid4()),
+            DEFAULT_CALLER.seed,
+        )
+    if not isinstance(given, dict):
+        raise BadRequest("caller must be an object.")
+    user_id, name, msi = given.get("userId"), given.get("displayName"), given.get("msi")
+    if not isinstance(user_id, str) or not isinstance(name, str):
+        raise BadRequest("caller needs userId and displayName strings.")
+    if isinstance(msi, bool) or not isinstance(msi, int) or not 0 < msi < 2**32:
+        raise BadRequest("caller.msi must be a positive 32-bit integer.")
+    return ParticipantScript(name, user_id, msi, str(uuid.uuid4()), seed=msi)
+
+
+def _incoming_fields(
+    call: EmulatedCall, caller: ParticipantScript, caller_participant: str, policy: bool
+) -> dict[str, Any]:
+    """source, targets and incomingContext as call-answer.md examples 1-3 show them; a policy
+    recording call targets the application instance, observes the caller, and carries
+    applicationMetadata.botData (example 3)."""
+    kind = "applicationInstance" if policy else "application"
+    fields: dict[str, Any] = {
+        "source": {
+            "@odata.type": "#microsoft.graph.participantInfo",
+            "id": caller_participant,
+            "identity": {
+                "@odata.type": "#microsoft.graph.identitySet",
+                "user": {"id": caller.user_id, "displayName": caller.display_name},
+            },
+            "endpointType": "default",
+            "region": "amer",
+            "languageId": "en-US",
+        },
+        "targets": [
+            {
+                "@odata.type": "#microsoft.graph.invitationParticipantInfo",
+                "id": call.my_participant_id,
+                "identity": {
+                    "@odata.type": "#microsoft.graph.identitySet",
+                    kind: {"id": call.app_id, "identityProvider": "AAD"},
+                },
+                "endpointType": "default",
+            }
+        ],
+        "incomingContext": {
+            "@odata.type": "#microsoft.graph.incomingContext",
+            "sourceParticipantId": caller_participant,
+        },
+    }
+    if policy:
+        fields["incomingContext"]["observedParticipantId"] = caller_participant
+        fields["meetingInfo"] = {"@odata.type": "#microsoft.graph.tokenMeetingInfo", "token": ""}
+        fields["applicationMetadata"] = {
+            "botData": {
+                "mediaHostedRegion": "USEA",
+                "user": {"participationMethod": "callee", "clientLocation": "US"},
+                "otherSideUser": {
+                    "id": caller.user_id,
+                    "participantId": caller_participant,
+                    "tenantId": call.tenant_id,
+                    "participationMethod": "caller",
+                    "clientLocation": "US",
+                },
+                "inviteReasons": ["PolicyBasedRecording"],
+                "policyIdentifier": "Emulator Recording Policy",
+                "pairedRecorders": [],
+                "otherRecorders": [],
+            }
+        }
+    return fields
+
+
+async def _ring(emulator: Emulator, call: EmulatedCall, seconds: float) -> None:
+    await asyncio.sleep(scaled(emulator, seconds))
+    if call.state == "incoming":
+        end_call(emulator, call, RING_TIMEOUT)
+
+
+def routes(emulator: Emulator) -> list[web.RouteDef]:
+    return [
+        web.post(CALL + "/answer", call_action(emulator, answer, states=INCOMING)),
+        web.post(CALL + "/reject", call_action(emulator, reject, states=INCOMING)),
+        web.post(CALL + "/redirect", call_action(emulator, redirect, states=INCOMING)),
+    ]
+
+
+async def answer(
+    emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
+) -> web.Response:
+    """202; then establishing, the media processor connects (app-hosted), established."""
+    accepted = modalities(body, "acceptedModalities", ACCEPTED_MODALITIES)
+    media = media_config(body)
+    callback = https_uri(body, "callbackUri", required=False)
+    options = call_options(body)
+    if "participantCapacity" in body:
+        bounded_int(body, "participantCapacity", 1, 10_000, 1)
+    if call.task is not None:
+        call.task.cancel()  # the ring timer
+    call.media = media
+    call.callback_uri = callback or call.callback_uri
+    call.request.update(requestedModalities=accepted, callOptions=options or None)
+    call.roster.delta = bool(options.get("isDeltaRosterEnabled"))
+    call.task = asyncio.create_task(establish(emulator, call))
+    return web.Response(status=202)
+
+
+async def reject(
+    emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
+) -> web.Response:
+    """202; then the call is `deleted` (call-reject.md example 2 shows no resultInfo)."""
+    reason = body.get("reason", "none")
+    if not isinstance(reason, str) or reason.lower() not in REJECT_REASONS:
+        raise BadRequest("reason must be none, busy or forbidden.")
+    call.callback_uri = https_uri(body, "callbackUri", required=False) or call.callback_uri
+    end_call(emulator, call, None)
+    return web.Response(status=202)
+
+
+async def redirect(
+    emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
+) -> web.Response:
+    """202; then `deleted` terminated (call-redirect.md)."""
+    targets = body.get("targets")
+    if not isinstance(targets, list) or not 1 <= len(targets) <= MAX_REDIRECT_TARGETS:
+        raise BadRequest(f"targets must list 1 to {MAX_REDIRECT_TARGETS} participants.")
+    for target in targets:
+        identity_set(target, "targets[]")
+    # timeout: 15 to 90 s; 55 by default for one target, 60 for several (call-redirect.md).
+    bounded_int(body, "timeout", 15, 90, 55 if len(targets) == 1 else 60)
+    call.callback_uri = https_uri(body, "callbackUri", required=False) or call.callback_uri
+    end_call(emulator, call, None)
+    return web.Response(status=202)
+
+
+__all__ = ["create_incoming", "routes"]

@@ -1,0 +1,156 @@
+"""Pure signaling logic: retry delays, request shapes, operations, keep-alive, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from bot.call import Call
+from bot.calls import CallCollection
+from bot.errors import GraphError
+from bot.graph import shapes
+from bot.graph.client import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
+from bot.keepalive import KeepAlive
+from bot.operations import Operation, OperationFailedError
+
+
+def test_retry_after_seconds_and_http_date_and_backoff() -> None:
+    now = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("3", 0, now) == 3.0
+    assert retry_after_seconds("Tue, 24 Nov 2026 12:00:07 GMT", 0, now) == 7.0
+    assert retry_after_seconds(None, 0, now) == 1.0
+    assert retry_after_seconds("garbage", 2, now) == 4.0
+    assert retry_after_seconds("100000", 0, now) == MAX_RETRY_AFTER_SECONDS
+    assert retry_after_seconds("-5", 0, now) == 0.0
+
+
+def test_identity_sets_name_exactly_one_kind() -> None:
+    user = shapes.identity_set(user_id="u1", display_name="Ann", tenant_id="t")
+    assert user["user"] == {
+        "@odata.type": "#microsoft.graph.identity",
+        "displayName": "Ann",
+        "id": "u1",
+        "tenantId": "t",
+    }
+    assert "guest" in shapes.identity_set(guest_id="g", display_name="Guest")
+    with pytest.raises(ValueError):
+        shapes.identity_set(user_id="u", phone="+1")
+
+
+def test_dtmf_tones_by_digit_or_name() -> None:
+    assert shapes.tone_names("12#*") == ["tone1", "tone2", "pound", "star"]
+    assert shapes.tone_names(["tone0", "flash"]) == ["tone0", "flash"]
+    with pytest.raises(ValueError, match="unknown DTMF"):
+        shapes.tone_names("x")
+
+
+async def test_operation_outcomes() -> None:
+    running = Operation(
+        {"@odata.type": "#microsoft.graph.playPromptOperation", "id": "o1", "status": "running"}
+    )
+    assert not running.done
+    running.update({"status": "completed", "resultInfo": {"code": 200, "subcode": 0}})
+    assert (await running.wait(1)).status == "completed"
+    failed = Operation(
+        {"id": "o2", "status": "failed", "resultInfo": {"code": 400, "subcode": 8508}}
+    )
+    with pytest.raises(OperationFailedError) as caught:
+        await failed.wait(1)
+    assert caught.value.status == 400
+    with pytest.raises(TimeoutError):
+        await Operation({"id": "o3", "status": "running"}).wait(0.01)
+
+
+class _KeepAliveCall(Call):
+    """A call whose keep-alive request is answered in-process (the I/O seam)."""
+
+    def __init__(self, fail_after: int) -> None:
+        super().__init__("c1")
+        self.state = "established"
+        self.requests = 0
+        self._fail_after = fail_after
+
+    async def keep_alive(self) -> None:
+        self.requests += 1
+        if self.requests > self._fail_after:
+            raise GraphError(404, "NotFound", "Call not found.")
+
+
+async def test_keepalive_runs_every_interval_until_graph_forgets_the_call() -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    keepalive = KeepAlive(interval_seconds=600.0, sleep=fake_sleep)
+    call = _KeepAliveCall(fail_after=3)
+    keepalive.start(call)
+    await call.wait_for("terminated", 5)
+    await keepalive.close()
+    assert call.requests == 4 and keepalive.sent == 3
+    assert slept == [600.0] * 4  # well inside Graph's 45-minute rule
+    assert call.states_seen[-1] == "terminated"
+
+
+class _Lifecycle:
+    def __init__(self) -> None:
+        self.fallbacks: list[str] = []
+
+    def established(self, call: Call) -> None: ...
+
+    def terminated(self, call: Call) -> None: ...
+
+    async def incoming_fallback(self, call: Call) -> None:
+        self.fallbacks.append(call.id)
+        call.decision = "rejected"
+
+
+def _incoming(call_id: str, observed: str | None = None) -> dict[str, object]:
+    data: dict[str, object] = {
+        "@odata.type": "#microsoft.graph.call",
+        "state": "incoming",
+        "direction": "incoming",
+    }
+    if observed:
+        data["incomingContext"] = {"observedParticipantId": observed}
+    return {
+        "changeType": "created",
+        "resourceUrl": f"/communications/calls/{call_id}",
+        "resourceData": data,
+    }
+
+
+async def test_a_slow_handler_cannot_miss_the_answer_window() -> None:
+    lifecycle = _Lifecycle()
+    calls = CallCollection(lifecycle=lifecycle, window_scale=0.01)  # 15 s window -> 0.15 s
+    release = asyncio.Event()
+
+    @calls.events.on("incoming_call")
+    async def slow(call: Call) -> None:
+        await release.wait()  # user code that never decides in time
+
+    calls.apply(_incoming("c-slow"))
+    await asyncio.wait_for(calls.idle(), 5)
+    assert lifecycle.fallbacks == ["c-slow"]
+    release.set()
+
+
+async def test_a_handler_that_decides_is_not_overruled() -> None:
+    lifecycle = _Lifecycle()
+    calls = CallCollection(lifecycle=lifecycle, window_scale=0.01)
+    calls.events.on("incoming_call", lambda call: setattr(call, "decision", "answered"))
+    calls.apply(_incoming("c-fast"))
+    calls.apply(_incoming("c-pbr", observed="p-7"))
+    await asyncio.wait_for(calls.idle(), 5)
+    assert lifecycle.fallbacks == []
+    assert calls.calls["c-pbr"].is_policy_recording
+
+
+async def test_no_handler_means_the_fallback_decides_at_once() -> None:
+    lifecycle = _Lifecycle()
+    calls = CallCollection(lifecycle=lifecycle)
+    calls.apply(_incoming("c-none"))
+    await asyncio.wait_for(calls.idle(), 1)
+    assert lifecycle.fallbacks == ["c-none"]
