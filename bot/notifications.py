@@ -69,15 +69,11 @@ def _entities(data: Any) -> tuple[dict[str, Any], ...]:
     raise ValueError("resourceData must be an object or an array of objects")
 
 
-def _sequence(data: Any, entities: tuple[dict[str, Any], ...]) -> int | None:
+def _sequence(data: Any) -> int | None:
+    """The notification's own order: deltaParticipants.sequenceNumber, when it is wrapped."""
     if isinstance(data, dict) and isinstance(data.get("sequenceNumber"), int):
         return int(data["sequenceNumber"])
-    numbers = [
-        e["rosterSequenceNumber"]
-        for e in entities
-        if isinstance(e.get("rosterSequenceNumber"), int)
-    ]
-    return max(numbers) if numbers else None
+    return None
 
 
 def parse(item: Any) -> Notification:
@@ -106,5 +102,5 @@ def parse(item: Any) -> Notification:
     if kind == "participants":
         if sub is not None and not entities:
             entities = ({"id": sub},)
-        return RosterChanged(call_id, change, entities, _sequence(data, entities))
+        return RosterChanged(call_id, change, entities, _sequence(data))
     return ContentSharingChanged(call_id, change, entities)

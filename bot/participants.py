@@ -78,7 +78,8 @@ class Participant:
 @dataclass
 class Roster:
     participants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    last_sequence: int | None = None
+    last_sequence: int | None = None  # of whole delta notifications
+    participant_sequence: dict[str, int] = field(default_factory=dict)
     stale_ignored: int = 0
 
     def apply(self, change: RosterChanged, delta: bool) -> RosterUpdate:
@@ -88,6 +89,8 @@ class Roster:
                 self.stale_ignored += 1
                 return RosterUpdate()
             self.last_sequence = change.sequence_number
+        if delta:
+            entries = {pid: p for pid, p in entries.items() if not self._stale(pid, p)}
         if change.change_type == "deleted":
             gone = tuple(pid for pid in entries if self.participants.pop(pid, None) is not None)
             return RosterUpdate(removed=gone)
@@ -110,6 +113,18 @@ class Roster:
         )
         self.participants.update(entries)
         return RosterUpdate(added, updated, removed)
+
+    def _stale(self, pid: str, participant: dict[str, Any]) -> bool:
+        """A delta entry not newer than what we applied for that participant (a late delta)."""
+        number = participant.get("rosterSequenceNumber")
+        if not isinstance(number, int):
+            return False
+        last = self.participant_sequence.get(pid)
+        if last is not None and number <= last:
+            self.stale_ignored += 1
+            return True
+        self.participant_sequence[pid] = number
+        return False
 
 
 def _context(client_context: str | None) -> dict[str, Any]:

@@ -16,12 +16,23 @@ from aiohttp import web
 from media.clock import Clock, MonotonicClock
 from media.pipeline.hotloop import HotLoop
 from media.pipeline.processor import AudioProcessor
-from media.server import ControlStats, create_app
+from media.server import ControlStats, close_all, create_app
 from media.session import LocalMediaSession, MediaEvent
 
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_SECONDS = 15.0
+
+
+async def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left and let closing transports run their callbacks before the loop
+    closes (uvloop refuses to close with live handles)."""
+    tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for _ in range(3):  # connection_lost callbacks are scheduled with call_soon
+        await asyncio.sleep(0)
 
 
 class MediaPlatformError(Exception):
@@ -95,6 +106,7 @@ class MediaPlatform:
             return
         ready.set_result(None)
         loop.run_forever()
+        loop.run_until_complete(_drain(loop))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
@@ -136,6 +148,7 @@ class MediaPlatform:
         for session in sessions:
             await session.close("platform shutdown")
         if self._runner is not None:
+            await close_all(self._runner.app, "platform shutdown")
             await self._runner.cleanup()
 
     # -- sessions -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from media.session import LocalMediaSession
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_SECONDS = 10.0
+CLOSE_TIMEOUT_SECONDS = 2.0  # waiting for the peer's close frame; aiohttp's default is 10 s
 
 
 @dataclass(slots=True)
@@ -35,12 +36,14 @@ class SessionDirectory(Protocol):
 
 SESSIONS = web.AppKey("sessions", SessionDirectory)
 STATS = web.AppKey("stats", ControlStats)
+CONNECTIONS = web.AppKey("connections", dict[web.WebSocketResponse, asyncio.Transport])
 
 
 def create_app(sessions: SessionDirectory, stats: ControlStats) -> web.Application:
     app = web.Application()
     app[SESSIONS] = sessions
     app[STATS] = stats
+    app[CONNECTIONS] = {}
     app.router.add_get("/MediaProcessor/{session_id}", _media_processor)
     return app
 
@@ -57,23 +60,50 @@ async def _reject(ws: web.WebSocketResponse, stats: ControlStats, code: str, why
 
 async def _media_processor(request: web.Request) -> web.WebSocketResponse:
     stats = request.app[STATS]
-    ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=control.MAX_MESSAGE_BYTES)
+    ws = web.WebSocketResponse(
+        heartbeat=15.0, max_msg_size=control.MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT_SECONDS
+    )
     await ws.prepare(request)
     stats.connections += 1
+    if request.transport is not None:
+        request.app[CONNECTIONS][ws] = request.transport
+    try:
+        await _handle(request, ws, stats)
+    finally:
+        request.app[CONNECTIONS].pop(ws, None)
+    return ws
+
+
+async def close_all(app: web.Application, reason: str) -> None:
+    """Say bye on every open control connection and close it (before the runner's cleanup,
+    which would drop the transports and leave each handler waiting for a close frame)."""
+    connections: dict[web.WebSocketResponse, asyncio.Transport] = app[CONNECTIONS]
+    for ws, transport in list(connections.items()):
+        try:
+            await ws.send_str(control.encode("bye", reason=reason))
+        except ConnectionError:
+            pass
+        await ws.close()
+        # The WebSocket said goodbye; skip TLS close_notify so no shutdown is left pending on a
+        # loop that is about to stop.
+        transport.abort()
+
+
+async def _handle(request: web.Request, ws: web.WebSocketResponse, stats: ControlStats) -> None:
     path_id = request.match_info["session_id"]
     try:
         first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_SECONDS)
     except TimeoutError:
         await _reject(ws, stats, "timeout", "no hello")
-        return ws
+        return
     if first.type != WSMsgType.TEXT:
         await _reject(ws, stats, "badMessage", "expected a hello text message")
-        return ws
+        return
     try:
         hello = control.parse(first.data)
     except control.ControlError as exc:
         await _reject(ws, stats, exc.code, str(exc))
-        return ws
+        return
     session = request.app[SESSIONS].session(path_id)
     if hello["type"] != "hello":
         await _reject(ws, stats, "badState", "the first message must be hello")
@@ -89,7 +119,6 @@ async def _media_processor(request: web.Request) -> web.WebSocketResponse:
         session.mp_attached = True  # claimed before any await: one MP per session
         await ws.send_str(control.encode("welcome", mpMediaSessionId=session.id))
         await _serve(ws, session, stats)
-    return ws
 
 
 async def _serve(
