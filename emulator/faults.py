@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any
     app_id: str | None
+    received_at: float = field(default_factory=time.monotonic)  # benchmarks time answers
 
 
 @dataclass

@@ -4,15 +4,21 @@ key signing call notifications (the api.aps.skype.com document, graph-comms.md s
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
+import jwt
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from yarl import URL
 
 if TYPE_CHECKING:
-    from emulator.server import Emulator
+    from emulator.server import AppRegistration, Emulator
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 NOTIFICATION_ISSUER = "https://api.botframework.com"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def routes(emulator: Emulator) -> list[web.RouteDef]:
@@ -41,7 +47,11 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
         app = emulator.config.apps.get(str(form.get("client_id", "")))
         if app is None or app.tenant_id != tenant:
             return _oauth_error(400, "unauthorized_client", "AADSTS700016: unknown application")
-        if form.get("client_secret") != app.secret:
+        if form.get("client_assertion_type") == ASSERTION_TYPE:
+            problem = _check_assertion(app, str(form.get("client_assertion", "")), request.url)
+            if problem:
+                return _oauth_error(401, "invalid_client", problem)
+        elif app.secret is None or form.get("client_secret") != app.secret:
             return _oauth_error(401, "invalid_client", "AADSTS7000215: invalid client secret")
         if form.get("scope") != f"{GRAPH_RESOURCE}/.default":
             return _oauth_error(400, "invalid_scope", "AADSTS70011: scope must be Graph .default")
@@ -87,6 +97,42 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
         web.get("/v1/.well-known/OpenIdConfiguration", notification_openid),
         web.get("/v1/keys", notification_keys),
     ]
+
+
+def _check_assertion(app: AppRegistration, assertion: str, token_url: URL) -> str | None:
+    """A certificate credential (RFC 7523 2.2; Microsoft identity platform "certificate
+    credentials"): a JWT signed with the app's key, naming the certificate by thumbprint,
+    with aud = the token endpoint and iss = sub = the client id."""
+    if app.certificate_pem is None:
+        return "AADSTS700027: no certificate is registered for this application"
+    cert = x509.load_pem_x509_certificate(app.certificate_pem)
+    try:
+        header = jwt.get_unverified_header(assertion)
+        # The certificate is named by its SHA-1 (x5t) or SHA-256 (x5t#S256) thumbprint
+        # (RFC 7515 4.1.7, 4.1.8); MSAL sends the latter when it has the certificate itself.
+        named = {
+            "x5t": _thumbprint(cert, hashes.SHA1()),
+            "x5t#S256": _thumbprint(cert, hashes.SHA256()),
+        }
+        # Compared without base64 padding: MSAL pads, JWS convention does not.
+        if not any(str(header.get(k, "")).rstrip("=") == v for k, v in named.items()):
+            return "AADSTS700027: the assertion names another certificate (x5t)"
+        claims = jwt.decode(
+            assertion,
+            cert.public_key(),  # type: ignore[arg-type]
+            algorithms=["RS256", "PS256"],
+            audience=str(token_url.with_query(None)),
+            options={"require": ["exp", "iss", "sub", "aud"]},
+        )
+    except jwt.InvalidTokenError as exc:
+        return f"AADSTS700027: client assertion failed validation: {exc}"
+    if claims["iss"] != app.app_id or claims["sub"] != app.app_id:
+        return "AADSTS700027: the assertion's iss and sub must be the client id"
+    return None
+
+
+def _thumbprint(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> str:
+    return base64.urlsafe_b64encode(cert.fingerprint(algorithm)).rstrip(b"=").decode()
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:

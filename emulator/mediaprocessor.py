@@ -164,21 +164,27 @@ class MediaProcessorLink:
             return
 
     async def close(self, reason: str = "bye") -> None:
+        """Idempotent, and safe to cancel: what it took over is released whatever happens
+        (a second close finds nothing left to release, so the first must finish the job)."""
         ws, pc, session = self._ws, self._pc, self._session
         self._ws = self._pc = self._session = None
-        if ws is not None and not ws.closed:
+        tasks, self._tasks = self._tasks, []
+        try:
+            if ws is not None and not ws.closed:
+                try:
+                    await ws.send_str(json.dumps({"type": "bye", "reason": reason}))
+                except (ConnectionError, RuntimeError):
+                    pass
+                await ws.close()
+        finally:
+            if self._voice is not None:
+                self._voice.stop()
+            for task in tasks:
+                task.cancel()
             try:
-                await ws.send_str(json.dumps({"type": "bye", "reason": reason}))
-            except (ConnectionError, RuntimeError):
-                pass
-            await ws.close()
-        if self._voice is not None:
-            self._voice.stop()
-        if pc is not None:
-            await pc.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        if session is not None:
-            await session.close()
+                if pc is not None:
+                    await pc.close()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                if session is not None:
+                    await session.close()

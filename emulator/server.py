@@ -34,8 +34,9 @@ MAX_CALLS = 5000
 @dataclass(frozen=True)
 class AppRegistration:
     app_id: str
-    secret: str
+    secret: str | None
     tenant_id: str
+    certificate_pem: bytes | None = None  # a registered certificate (client assertions)
 
 
 @dataclass

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
+import trustme
 
 from bot.app import Bot
 from bot.call import CallEndedError
@@ -13,7 +16,8 @@ from bot.devcerts import DevCerts
 from bot.errors import GraphAuthError, GraphError
 from bot.graph.auth import TokenProvider
 from bot.graph.client import GraphClient
-from emulator import Emulator
+from emulator import Emulator, EmulatorConfig
+from emulator.server import AppRegistration
 from tests.conftest import APP_ID, TENANT_ID, settings_for
 
 
@@ -99,3 +103,37 @@ async def test_join_url_for_unknown_meeting_is_404_and_frees_the_media_session(
         assert bot.media.hot_loop.session_count == 0
     finally:
         await bot.stop()
+
+
+async def test_certificate_credential_gets_a_token(certs: DevCerts, tmp_path: Path) -> None:
+    """MSAL signs a client assertion with the app's certificate; the token endpoint checks it."""
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)  # certificate credentials are RSA keys
+    app_cert = ca.issue_cert("graph-media-bot.example", key_type=trustme.KeyType.RSA)
+    pem = tmp_path / "app.pem"
+    app_cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    other = tmp_path / "other.pem"
+    stranger = ca.issue_cert("someone-else.example", key_type=trustme.KeyType.RSA)
+    stranger.private_key_and_cert_chain_pem.write_to_path(str(other))
+    emu = Emulator(
+        EmulatorConfig(
+            cert_file=certs.cert_file,
+            key_file=certs.key_file,
+            apps={
+                APP_ID: AppRegistration(
+                    APP_ID, None, TENANT_ID, app_cert.cert_chain_pems[0].bytes()
+                )
+            },
+        )
+    )
+    await emu.start()
+    try:
+        authority = f"{emu.base_url}/{TENANT_ID}"
+        token = await TokenProvider(APP_ID, None, authority, certs.ca_file, str(pem)).token()
+        assert jwt.decode(token, options={"verify_signature": False})["appid"] == APP_ID
+        with pytest.raises(GraphAuthError) as caught:
+            await TokenProvider(APP_ID, None, authority, certs.ca_file, str(other)).token()
+        assert caught.value.code == "invalid_client"
+        with pytest.raises(GraphAuthError):  # a secret where only a certificate is registered
+            await TokenProvider(APP_ID, "guess", authority, certs.ca_file).token()
+    finally:
+        await emu.stop()

@@ -11,7 +11,7 @@ from typing import Any
 import msal
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from bot.errors import GraphAuthError
 
@@ -31,7 +31,9 @@ class _TimeoutSession(requests.Session):
 
 
 def certificate_credential(path: str) -> dict[str, str]:
-    """MSAL's certificate credential: the key, and the SHA-1 thumbprint of the certificate."""
+    """MSAL's certificate credential: the key and the certificate. Without a SHA-1 "thumbprint"
+    MSAL names the certificate by its SHA-256 thumbprint (x5t#S256) and signs PS256; the
+    SHA-1 form is deprecated in MSAL's documentation."""
     pem = Path(path).read_bytes()
     cert = x509.load_pem_x509_certificate(pem)
     key = serialization.load_pem_private_key(pem, password=None)
@@ -42,7 +44,6 @@ def certificate_credential(path: str) -> dict[str, str]:
     )
     return {
         "private_key": key_pem.decode(),
-        "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S324 - x5t is SHA-1 by spec
         "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
     }
 
