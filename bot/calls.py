@@ -33,6 +33,8 @@ POLICY_RECORDING_WINDOW_SECONDS = 5.0  # ... and within 5 s for policy-based rec
 DECISION_FRACTION = 0.6  # user code gets this share of the window before the fallback acts
 DISPATCH_QUEUE_EVENTS = 256
 DEDUPE_MEMORY = 4096  # resources remembered for duplicate detection
+ENDED_RETENTION_SECONDS = 60.0  # an ended call stays visible this long, then is forgotten
+ENDED_MEMORY = 4096  # forgotten call ids remembered, so late notifications cannot revive them
 
 
 class Lifecycle(Protocol):
@@ -62,14 +64,18 @@ class CallCollection:
         context: CallContext | None = None,
         lifecycle: Lifecycle | None = None,
         window_scale: float = 1.0,
+        retention_seconds: float = ENDED_RETENTION_SECONDS,
     ) -> None:
         self.calls: dict[str, Call] = {}
+        self.late = 0  # notifications for calls already forgotten
         self.events = EventHandlers((*CALL_EVENTS, "incoming_call"))
         self.ignored = 0
         self.duplicates = 0
         self._context = context
         self._lifecycle = lifecycle
         self._window_scale = window_scale
+        self._retention_seconds = retention_seconds
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._last: OrderedDict[str, bytes] = OrderedDict()
         self._dispatchers: dict[str, _Dispatcher] = {}
 
@@ -89,6 +95,9 @@ class CallCollection:
         except ValueError as exc:
             self.ignored += 1
             logger.info("Calls x ignored notification: %s", exc)
+            return
+        if note.call_id in self._ended:
+            self.late += 1
             return
         if self._duplicate(item):
             self.duplicates += 1
@@ -140,6 +149,22 @@ class CallCollection:
                 if self._lifecycle is not None:
                     self._lifecycle.terminated(call)
                 self._enqueue(call, "terminated", call)
+                asyncio.get_running_loop().call_later(self._retention_seconds, self.forget, call.id)
+
+    def forget(self, call_id: str) -> None:
+        """Drop an ended call; later notifications about it are counted as late and ignored."""
+        call = self.calls.get(call_id)
+        if call is None or call.state != "terminated":
+            return
+        dispatcher = self._dispatchers.get(call_id)
+        if dispatcher is not None and not dispatcher.queue.empty():
+            # Its handlers are still running: look again after another retention period.
+            asyncio.get_running_loop().call_later(self._retention_seconds, self.forget, call_id)
+            return
+        del self.calls[call_id]
+        self._ended[call_id] = None
+        if len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
 
     # -- incoming calls -----------------------------------------------------------------------
 

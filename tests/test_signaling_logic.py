@@ -154,3 +154,27 @@ async def test_no_handler_means_the_fallback_decides_at_once() -> None:
     calls.apply(_incoming("c-none"))
     await asyncio.wait_for(calls.idle(), 1)
     assert lifecycle.fallbacks == ["c-none"]
+
+
+async def test_ended_calls_are_forgotten_and_stay_forgotten() -> None:
+    calls = CallCollection()
+    item = {
+        "changeType": "deleted",
+        "resourceUrl": "/communications/calls/c-end",
+        "resourceData": {"state": "terminated", "resultInfo": {"code": 0}},
+    }
+    calls.apply(
+        {
+            "changeType": "updated",
+            "resourceUrl": "/communications/calls/c-end",
+            "resourceData": {"state": "established"},
+        }
+    )
+    calls.forget("c-end")  # not ended yet: kept
+    assert "c-end" in calls.calls
+    calls.apply(item)
+    await calls.idle()
+    calls.forget("c-end")
+    assert "c-end" not in calls.calls
+    calls.apply({**item, "resourceData": {"state": "established"}, "changeType": "updated"})
+    assert "c-end" not in calls.calls and calls.late == 1
