@@ -137,3 +137,23 @@ async def test_certificate_credential_gets_a_token(certs: DevCerts, tmp_path: Pa
             await TokenProvider(APP_ID, "guess", authority, certs.ca_file).token()
     finally:
         await emu.stop()
+
+
+async def test_tokens_near_expiry_are_refreshed(certs: DevCerts) -> None:
+    """MSAL refreshes a token within 5 minutes of its expiry; a 60 s token is never reused."""
+    emu = Emulator(
+        EmulatorConfig(
+            cert_file=certs.cert_file,
+            key_file=certs.key_file,
+            apps={APP_ID: AppRegistration(APP_ID, "test-secret", TENANT_ID)},
+            token_lifetime_seconds=60.0,
+        )
+    )
+    await emu.start()
+    try:
+        tokens = TokenProvider(APP_ID, "test-secret", f"{emu.base_url}/{TENANT_ID}", certs.ca_file)
+        await tokens.token()
+        await tokens.token()
+        assert emu.hits["POST /{tenant}/oauth2/v2.0/token"] == 2
+    finally:
+        await emu.stop()

@@ -371,3 +371,40 @@ async def test_throttled_requests_are_retried_honouring_retry_after(rig: Rig) ->
     with pytest.raises(GraphThrottledError) as caught:
         await call.unmute()
     assert caught.value.status == 503
+
+
+async def test_a_slow_incoming_handler_still_gets_the_call_answered(rig: Rig) -> None:
+    stuck = asyncio.Event()
+
+    @rig.bot.calls.events.on("incoming_call")
+    async def never_decides(call: Call) -> None:
+        await stuck.wait()
+
+    call = await rig.incoming()
+    await call.wait_for("established", WITHIN)  # the fallback answered inside the window
+    assert len(rig.requests(f"/calls/{call.id}/answer")) == 1
+    stuck.set()
+
+
+async def test_delta_roster_join_tracks_joins_and_removals(rig: Rig) -> None:
+    call = await rig.bot.join(
+        rig.emulator.join_url(rig.emulator.config.meetings[0]), delta_roster=True
+    )
+    await call.wait_for("established", WITHIN)
+    body = rig.requests("/communications/calls")[-1].json
+    assert body["callOptions"]["isDeltaRosterEnabled"] is True
+    await until(call, lambda c: "p-ola" in c.participants)
+    invited_id = str(uuid.UUID(int=1009))
+    await (await call.invite([shapes.identity_set(user_id=invited_id, tenant_id=TENANT_ID)])).wait(
+        WITHIN
+    )
+
+    def invited(c: Call) -> list[Any]:
+        return [
+            p for p in c.participants.values() if p.identity.get("user", {}).get("id") == invited_id
+        ]
+
+    await until(call, lambda c: bool(invited(c)))
+    await invited(call)[0].remove()
+    await until(call, lambda c: not invited(c))
+    assert "p-ola" in call.participants  # a delta removes only whom it names

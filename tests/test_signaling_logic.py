@@ -178,3 +178,40 @@ async def test_ended_calls_are_forgotten_and_stay_forgotten() -> None:
     assert "c-end" not in calls.calls
     calls.apply({**item, "resourceData": {"state": "established"}, "changeType": "updated"})
     assert "c-end" not in calls.calls and calls.late == 1
+
+
+async def test_one_calls_stuck_handler_does_not_delay_another_call() -> None:
+    calls = CallCollection()
+    stuck = asyncio.Event()
+    seen: list[str] = []
+
+    @calls.events.on("state")
+    async def handler(call: Call, state: str) -> None:
+        if call.id == "slow":
+            await stuck.wait()
+        seen.append(call.id)
+
+    for call_id in ("slow", "fast"):
+        calls.apply(
+            {
+                "changeType": "updated",
+                "resourceUrl": f"/communications/calls/{call_id}",
+                "resourceData": {"state": "established"},
+            }
+        )
+    # The state itself is applied at once for both, whatever the handlers do.
+    assert calls.calls["slow"].state == calls.calls["fast"].state == "established"
+    fast_done = asyncio.Event()
+    calls.calls["fast"].events.on("state", lambda call, state: fast_done.set())
+    calls.apply(
+        {
+            "changeType": "updated",
+            "resourceUrl": "/communications/calls/fast",
+            "resourceData": {"state": "terminating"},
+        }
+    )
+    await asyncio.wait_for(fast_done.wait(), 5)
+    assert seen == ["fast", "fast"]
+    stuck.set()
+    await calls.idle()
+    assert seen == ["fast", "fast", "slow"]
