@@ -56,6 +56,8 @@ class Bot:
         self._retry_sleep = retry_sleep
         self.calls = CallCollection(context=self, lifecycle=self, window_scale=window_scale)
         self.keepalive = keepalive or KeepAlive()
+        if self.keepalive.on_gone is None:
+            self.keepalive.on_gone = self.calls.end
         self.media = MediaPlatform(
             MediaPlatformSettings(
                 service_fqdn=settings.service_fqdn,
@@ -89,6 +91,7 @@ class Bot:
         """Start everything; on failure, stop what had started and re-raise."""
         try:
             await self._start()
+            await self._warm_up()
         except BaseException:
             await self.stop()
             raise
@@ -127,6 +130,17 @@ class Bot:
         port = int(self._runner.addresses[0][1])
         self.callback_url = s.callback_url or f"https://{s.service_fqdn}:{port}{WEBHOOK_PATH}"
         logger.info("Bot webhook at %s, media at %s", self.callback_url, self.media.mp_uri_base)
+
+    async def _warm_up(self) -> None:
+        """Fetch the notification keys and a Graph token now, so the first incoming call does
+        not spend its 15 s window on them. Failures are logged: both are retried on use."""
+        assert self.validator is not None
+        results = await asyncio.gather(
+            self.validator.prefetch(), self.graph.tokens.token(), return_exceptions=True
+        )
+        for what, result in zip(("notification keys", "Graph token"), results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("Bot x could not fetch %s at start: %r", what, result)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -245,8 +259,10 @@ class Bot:
         call.scenario_id = scenario_id
         call.delta_roster = delta_roster
         call.media_session_id = session.id if session is not None else None
-        call.apply_resource(created, deleted=False)
-        if call.state == "terminated":  # it ended before Graph's answer reached us
+        state = call.apply_resource(created, deleted=False)
+        if state is not None:
+            self.calls.notify_state(call, state)
+        elif call.state == "terminated":  # it ended before Graph's answer reached us
             self.terminated(call)
         return call
 

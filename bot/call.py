@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
@@ -35,6 +36,12 @@ STATE_ORDER = {
     "terminated": 6,
 }
 Decision = Literal["answered", "rejected", "redirected"]
+OPERATION_HISTORY = 256
+TONE_HISTORY = 256
+
+
+class DecisionError(Exception):
+    """An incoming call was already answered, rejected or redirected."""
 
 
 class CallEndedError(Exception):
@@ -72,7 +79,8 @@ class Call:
         self.scenario_id = ""
         self.delta_roster = False
         self.decision: Decision | None = None
-        self.tones_seen: list[str] = []
+        self.answer_deadline: float | None = None  # loop time by which Graph needs a decision
+        self.tones_seen: deque[str] = deque(maxlen=TONE_HISTORY)
         self._changed = asyncio.Event()
 
     # -- state from notifications -------------------------------------------------------------
@@ -114,7 +122,7 @@ class Call:
         return state
 
     def apply_roster(self, update_from: Any) -> RosterUpdate:
-        update = self.roster.apply(update_from, self.delta_roster)
+        update = self.roster.apply(update_from, self.delta_roster or update_from.partial)
         for pid in update.removed:
             self.participants.pop(pid, None)
         for pid in (*update.added, *update.updated):
@@ -152,11 +160,21 @@ class Call:
         return self.context.graph
 
     async def request(
-        self, method: str, path: str = "", body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str = "",
+        body: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         return await self._graph().request(
-            method, f"/communications/calls/{self.id}{path}", body, self.scenario_id
+            method, f"/communications/calls/{self.id}{path}", body, self.scenario_id, deadline
         )
+
+    def _claim(self, decision: Decision) -> None:
+        """One decision per incoming call: a second answer/reject/redirect is a bug."""
+        if self.decision is not None:
+            raise DecisionError(f"Call({self.id}) was already {self.decision}")
+        self.decision = decision
 
     async def operation(self, path: str, body: dict[str, Any]) -> Operation:
         """POST an action that returns a commsOperation, and track it."""
@@ -170,10 +188,14 @@ class Call:
             known.update(resource)
             return known
         op = Operation(resource)
-        if op_id:
-            self.operations[op_id] = op
-        if not op_id or op.status is None and not resource:
+        if not op_id:
             op.finish_without_notification()
+            return op
+        self.operations[op_id] = op
+        if len(self.operations) > OPERATION_HISTORY:  # forget the oldest finished one
+            oldest = next((k for k, o in self.operations.items() if o.done), None)
+            if oldest is not None:
+                del self.operations[oldest]
         return op
 
     # -- answering an incoming call (call-answer.md, call-reject.md, call-redirect.md) ---------
@@ -189,6 +211,8 @@ class Call:
     ) -> None:
         if self.context is None:
             raise RuntimeError("not attached to a bot")
+        if self.decision is not None:
+            raise DecisionError(f"Call({self.id}) was already {self.decision}")
         media_config = (
             shapes.app_hosted_media(self.context.new_media_blob(self))
             if media == "app"
@@ -207,12 +231,12 @@ class Call:
             }
         if participant_capacity is not None:
             body["participantCapacity"] = participant_capacity
-        self.decision = "answered"
-        await self.request("POST", "/answer", body)
+        self._claim("answered")
+        await self.request("POST", "/answer", body, self.answer_deadline)
 
     async def reject(self, reason: Literal["none", "busy", "forbidden"] = "none") -> None:
-        self.decision = "rejected"
-        await self.request("POST", "/reject", {"reason": reason})
+        self._claim("rejected")
+        await self.request("POST", "/reject", {"reason": reason}, self.answer_deadline)
 
     async def redirect(
         self, targets: Sequence[dict[str, Any]], timeout_seconds: int | None = None
@@ -228,8 +252,8 @@ class Call:
             if not 15 <= timeout_seconds <= 90:
                 raise ValueError("redirect timeout is 15 to 90 seconds")
             body["timeout"] = timeout_seconds
-        self.decision = "redirected"
-        await self.request("POST", "/redirect", body)
+        self._claim("redirected")
+        await self.request("POST", "/redirect", body, self.answer_deadline)
 
     # -- in-call operations --------------------------------------------------------------------
 
@@ -317,7 +341,8 @@ class Call:
         }
         if prompt is not None:
             body["prompts"] = [shapes.media_prompt(*prompt)]
-        return await self.operation("/record", body)
+        # call-record.md: the action is named recordResponse in the URL.
+        return await self.operation("/recordResponse", body)
 
     async def cancel_media_processing(self, client_context: str | None = None) -> Operation:
         return await self.operation("/cancelMediaProcessing", _context(client_context))

@@ -76,6 +76,7 @@ class CallCollection:
         self._window_scale = window_scale
         self._retention_seconds = retention_seconds
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[Call]]] = {}
         self._last: OrderedDict[str, bytes] = OrderedDict()
         self._dispatchers: dict[str, _Dispatcher] = {}
 
@@ -84,7 +85,25 @@ class CallCollection:
         if call is None:
             # Notifications can arrive before the POST that created the call has returned.
             call = self.calls[call_id] = Call(call_id, self._context)
+            for waiter in self._waiters.pop(call_id, []):
+                if not waiter.done():
+                    waiter.set_result(call)
         return call
+
+    async def wait_for_call(self, call_id: str, within_seconds: float) -> Call:
+        """The call with this id once the bot has heard of it (e.g. an incoming call)."""
+        if call_id in self.calls:
+            return self.calls[call_id]
+        waiter: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_id, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, within_seconds)
+        finally:
+            waiters = self._waiters.get(call_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(call_id, None)
 
     # -- notifications ------------------------------------------------------------------------
 
@@ -131,9 +150,19 @@ class CallCollection:
         return False
 
     def _call_changed(self, call: Call, note: CallChanged) -> None:
-        incoming = note.change_type == "created" and note.resource.get("state") == "incoming"
+        # Only a call we have never seen can be incoming: a re-sent `created` after the call
+        # moved on must not send it back, nor start a second decision.
+        incoming = (
+            note.change_type == "created"
+            and note.resource.get("state") == "incoming"
+            and not call.states_seen
+        )
         if incoming:
             call.state = "incoming"
+            context = note.resource.get("incomingContext")
+            policy = isinstance(context, dict) and bool(context.get("observedParticipantId"))
+            window = POLICY_RECORDING_WINDOW_SECONDS if policy else ANSWER_WINDOW_SECONDS
+            call.answer_deadline = asyncio.get_running_loop().time() + window * self._window_scale
         new_state = call.apply_resource(note.resource, deleted=note.change_type == "deleted")
         tone = note.resource.get("toneInfo")
         if isinstance(tone, dict) and isinstance(tone.get("tone"), str):
@@ -142,14 +171,24 @@ class CallCollection:
         if incoming:
             self._enqueue_coro(call, self._decide(call))
         if new_state is not None:
-            self._enqueue(call, "state", call, new_state)
-            if new_state == "established" and self._lifecycle is not None:
-                self._lifecycle.established(call)
-            if new_state == "terminated":
-                if self._lifecycle is not None:
-                    self._lifecycle.terminated(call)
-                self._enqueue(call, "terminated", call)
-                asyncio.get_running_loop().call_later(self._retention_seconds, self.forget, call.id)
+            self.notify_state(call, new_state)
+
+    def end(self, call: Call) -> None:
+        """A call ended without Graph saying so (keep-alive 404): the same consequences as a
+        `deleted` notification."""
+        if call.apply_state("terminated") is not None:
+            self.notify_state(call, "terminated")
+
+    def notify_state(self, call: Call, new_state: str) -> None:
+        """The consequences of a state change: events, keep-alive, release, forgetting."""
+        self._enqueue(call, "state", call, new_state)
+        if new_state == "established" and self._lifecycle is not None:
+            self._lifecycle.established(call)
+        if new_state == "terminated":
+            if self._lifecycle is not None:
+                self._lifecycle.terminated(call)
+            self._enqueue(call, "terminated", call)
+            asyncio.get_running_loop().call_later(self._retention_seconds, self.forget, call.id)
 
     def forget(self, call_id: str) -> None:
         """Drop an ended call; later notifications about it are counted as late and ignored."""
@@ -157,7 +196,7 @@ class CallCollection:
         if call is None or call.state != "terminated":
             return
         dispatcher = self._dispatchers.get(call_id)
-        if dispatcher is not None and not dispatcher.queue.empty():
+        if dispatcher is not None and dispatcher.task is not None and not dispatcher.task.done():
             # Its handlers are still running: look again after another retention period.
             asyncio.get_running_loop().call_later(self._retention_seconds, self.forget, call_id)
             return
@@ -176,12 +215,12 @@ class CallCollection:
         budget = window * DECISION_FRACTION * self._window_scale
         if self.events.has("incoming_call"):
             handler = asyncio.create_task(self.events.emit("incoming_call", call))
-            try:
-                await asyncio.wait_for(asyncio.shield(handler), budget)
-            except TimeoutError:
-                logger.warning(
-                    "Call(%s) incoming handler still undecided after %.1f s", call.id, budget
-                )
+            done, _ = await asyncio.wait({handler}, timeout=budget)
+            if not done:
+                logger.warning("Call(%s) incoming handler undecided after %.2f s", call.id, budget)
+                if call.decision is None:
+                    handler.cancel()  # the fallback decides now; a late decision would clash
+                    await asyncio.gather(handler, return_exceptions=True)
         if call.decision is None and call.state == "incoming" and self._lifecycle is not None:
             await self._lifecycle.incoming_fallback(call)
 

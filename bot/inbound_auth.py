@@ -94,6 +94,13 @@ class NotificationValidator:
             raise InboundAuthError("token has no tenant claim")
         return InboundIdentity(tenant, claims)
 
+    async def prefetch(self) -> None:
+        """Fetch the keys now (at start-up) instead of on the first notification."""
+        async with self._lock:
+            self._attempted_at = self._clock()
+            await self._refresh()
+            self._fetched_at = self._attempted_at
+
     def _stale(self, now: float) -> bool:
         return self._fetched_at is None or now - self._fetched_at > KEYS_MAX_AGE_SECONDS
 

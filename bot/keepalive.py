@@ -19,10 +19,15 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class KeepAlive:
     def __init__(
-        self, interval_seconds: float = KEEPALIVE_INTERVAL_SECONDS, sleep: Sleep = asyncio.sleep
-    ):
+        self,
+        interval_seconds: float = KEEPALIVE_INTERVAL_SECONDS,
+        sleep: Sleep = asyncio.sleep,
+        on_gone: Callable[[Call], None] | None = None,
+    ) -> None:
+        """on_gone: what to do with a call Graph no longer knows (the bot ends it properly)."""
         self.interval_seconds = interval_seconds
         self._sleep = sleep
+        self.on_gone = on_gone
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.sent = 0
         self.failed = 0
@@ -57,6 +62,9 @@ class KeepAlive:
                 if exc.status == 404:
                     # Graph no longer knows the call: it ended without telling us.
                     logger.warning("Call(%s) keep-alive got 404: treating it as ended", call.id)
-                    call.apply_state("terminated")
+                    if self.on_gone is not None:
+                        self.on_gone(call)
+                    else:
+                        call.apply_state("terminated")
                     return
                 logger.warning("Call(%s) keep-alive failed: %s", call.id, exc)

@@ -33,6 +33,7 @@ class RosterChanged:
     change_type: str
     participants: tuple[dict[str, Any], ...]
     sequence_number: int | None  # delta roster: the notification's sequence number, if given
+    partial: bool = False  # a deltaParticipants body, or one participant's URL: not the roster
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,5 +103,6 @@ def parse(item: Any) -> Notification:
     if kind == "participants":
         if sub is not None and not entities:
             entities = ({"id": sub},)
-        return RosterChanged(call_id, change, entities, _sequence(data))
+        partial = sub is not None or (isinstance(data, dict) and "participants" in data)
+        return RosterChanged(call_id, change, entities, _sequence(data), partial)
     return ContentSharingChanged(call_id, change, entities)

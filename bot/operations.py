@@ -56,7 +56,11 @@ class Operation:
         return self._done.done()
 
     def update(self, resource: dict[str, Any]) -> None:
-        self.resource = {**self.resource, **resource}
+        """Merge what Graph said. Once final, an operation stays final: the POST's own response
+        ("running") can arrive after the notification that completed it."""
+        if self.status in FINAL and resource.get("status") not in FINAL:
+            return
+        self.resource = {**self.resource, **{k: v for k, v in resource.items() if v is not None}}
         if self.status in FINAL and not self._done.done():
             self._done.set_result(None)
 

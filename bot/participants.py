@@ -93,6 +93,8 @@ class Roster:
             entries = {pid: p for pid, p in entries.items() if not self._stale(pid, p)}
         if change.change_type == "deleted":
             gone = tuple(pid for pid in entries if self.participants.pop(pid, None) is not None)
+            for pid in gone:
+                self.participant_sequence.pop(pid, None)
             return RosterUpdate(removed=gone)
         if not delta:
             removed = tuple(pid for pid in self.participants if pid not in entries)
@@ -104,6 +106,8 @@ class Roster:
                 for pid, p in entries.items()
                 if p.get("removedState") and self.participants.pop(pid, None) is not None
             )
+            for pid in removed:
+                self.participant_sequence.pop(pid, None)
             entries = {pid: p for pid, p in entries.items() if not p.get("removedState")}
         added = tuple(pid for pid in entries if pid not in self.participants)
         updated = tuple(

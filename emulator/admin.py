@@ -4,10 +4,12 @@ drive the emulated other side through it; it is not part of Graph."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from emulator.calls import ENDED, EmulatedCall
 from emulator.faults import add_rule, parse_rule
@@ -21,6 +23,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ADMIN = "/emulator"
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin API rings bots and arms faults without authentication: only for this machine,
+    however the emulator was bound (a public --host must not expose it)."""
+    if request.path.startswith(ADMIN + "/") and not _loopback(request.remote):
+        return graph_error(403, "Forbidden", "The emulator admin API answers loopback only.")
+    return await handler(request)
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
 
 
 def routes(emulator: Emulator) -> list[web.RouteDef]:

@@ -95,7 +95,7 @@ def middleware(emulator: Emulator) -> Middleware:
             RecordedRequest(
                 request.method,
                 request.path,
-                dict(request.headers),
+                {k: v for k, v in request.headers.items() if k.lower() != "authorization"},
                 body,
                 app_id_of(emulator, request),
             )

@@ -5,13 +5,14 @@ key signing call notifications (the api.aps.skype.com document, graph-comms.md s
 from __future__ import annotations
 
 import base64
+import hmac
+import time
 from typing import TYPE_CHECKING
 
 import jwt
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from yarl import URL
 
 if TYPE_CHECKING:
     from emulator.server import AppRegistration, Emulator
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 NOTIFICATION_ISSUER = "https://api.botframework.com"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_ASSERTION_LIFETIME_SECONDS = 3600.0
+MAX_REMEMBERED_ASSERTIONS = 10_000
 
 
 def routes(emulator: Emulator) -> list[web.RouteDef]:
@@ -48,10 +51,15 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
         if app is None or app.tenant_id != tenant:
             return _oauth_error(400, "unauthorized_client", "AADSTS700016: unknown application")
         if form.get("client_assertion_type") == ASSERTION_TYPE:
-            problem = _check_assertion(app, str(form.get("client_assertion", "")), request.url)
+            token_url = f"{emulator.base_url}/{tenant}/oauth2/v2.0/token"  # not from Host
+            problem = _check_assertion(
+                app, str(form.get("client_assertion", "")), token_url, emulator.seen_assertions
+            )
             if problem:
                 return _oauth_error(401, "invalid_client", problem)
-        elif app.secret is None or form.get("client_secret") != app.secret:
+        elif app.secret is None or not hmac.compare_digest(
+            str(form.get("client_secret", "")).encode(), app.secret.encode()
+        ):
             return _oauth_error(401, "invalid_client", "AADSTS7000215: invalid client secret")
         if form.get("scope") != f"{GRAPH_RESOURCE}/.default":
             return _oauth_error(400, "invalid_scope", "AADSTS70011: scope must be Graph .default")
@@ -99,7 +107,9 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
     ]
 
 
-def _check_assertion(app: AppRegistration, assertion: str, token_url: URL) -> str | None:
+def _check_assertion(
+    app: AppRegistration, assertion: str, token_url: str, seen: dict[str, float]
+) -> str | None:
     """A certificate credential (RFC 7523 2.2; Microsoft identity platform "certificate
     credentials"): a JWT signed with the app's key, naming the certificate by thumbprint,
     with aud = the token endpoint and iss = sub = the client id."""
@@ -121,13 +131,21 @@ def _check_assertion(app: AppRegistration, assertion: str, token_url: URL) -> st
             assertion,
             cert.public_key(),  # type: ignore[arg-type]
             algorithms=["RS256", "PS256"],
-            audience=str(token_url.with_query(None)),
-            options={"require": ["exp", "iss", "sub", "aud"]},
+            audience=token_url,
+            options={"require": ["exp", "iss", "sub", "aud", "jti"]},
         )
     except jwt.InvalidTokenError as exc:
         return f"AADSTS700027: client assertion failed validation: {exc}"
     if claims["iss"] != app.app_id or claims["sub"] != app.app_id:
         return "AADSTS700027: the assertion's iss and sub must be the client id"
+    now = time.time()
+    if float(claims["exp"]) - now > MAX_ASSERTION_LIFETIME_SECONDS:
+        return "AADSTS700027: the assertion is valid for too long"
+    for jti in [j for j, exp in seen.items() if exp < now]:
+        del seen[jti]
+    if claims["jti"] in seen or len(seen) >= MAX_REMEMBERED_ASSERTIONS:
+        return "AADSTS700027: the assertion was already used"  # RFC 7523 3: jti replay
+    seen[str(claims["jti"])] = float(claims["exp"])
     return None
 
 

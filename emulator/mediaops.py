@@ -59,7 +59,6 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
     record_action = call_action(emulator, record)
     return [
         web.post(CALL + "/playPrompt", call_action(emulator, play_prompt)),
-        web.post(CALL + "/record", record_action),
         web.post(CALL + "/recordResponse", record_action),
         web.post(CALL + "/cancelMediaProcessing", call_action(emulator, cancel_media_processing)),
         web.get("/emulator/recordings/{recording_id}", recording),

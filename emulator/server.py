@@ -8,7 +8,7 @@ import logging
 import ssl
 import threading
 import urllib.parse
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from emulator.participant import Meeting
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+REQUEST_LOG_SIZE = 10_000
 MAX_CALLS = 5000
 
 
@@ -62,10 +63,12 @@ def create_app(emulator: Emulator) -> web.Application:
     async def count_hits(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Requests per route, e.g. "POST /{tenant}/oauth2/v2.0/token": tests assert caching.
         info = request.match_info.route.resource
-        emulator.hits[f"{request.method} {info.canonical if info else request.path}"] += 1
+        emulator.hits[f"{request.method} {info.canonical if info else '(unmatched)'}"] += 1
         return await handler(request)
 
-    app = web.Application(middlewares=[count_hits, faults.middleware(emulator)])
+    app = web.Application(
+        middlewares=[count_hits, admin.loopback_only, faults.middleware(emulator)]
+    )
     app.add_routes(login.routes(emulator))
     app.add_routes(graph.routes(emulator))
     app.add_routes(admin.routes(emulator))
@@ -79,7 +82,9 @@ class Emulator:
         self.notification_keys = [SigningKey()]
         self.calls: dict[str, EmulatedCall] = {}
         self.hits: Counter[str] = Counter()
-        self.requests: list[RecordedRequest] = []  # every Graph request, in arrival order
+        self.seen_assertions: dict[str, float] = {}  # client-assertion jti -> exp (replays)
+        # Every Graph request, in arrival order; bounded for a long-running emulator.
+        self.requests: deque[RecordedRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         self.faults: list[FaultRule] = []
         self.recordings: dict[str, tuple[str, bytes]] = {}  # recordResponse files: token, WAV
         self.client_ssl: ssl.SSLContext | None = None

@@ -78,15 +78,18 @@ async def close_all(app: web.Application, reason: str) -> None:
     """Say bye on every open control connection and close it (before the runner's cleanup,
     which would drop the transports and leave each handler waiting for a close frame)."""
     connections: dict[web.WebSocketResponse, asyncio.Transport] = app[CONNECTIONS]
-    for ws, transport in list(connections.items()):
-        try:
-            await ws.send_str(control.encode("bye", reason=reason))
-        except ConnectionError:
-            pass
-        await ws.close()
-        # The WebSocket said goodbye; skip TLS close_notify so no shutdown is left pending on a
-        # loop that is about to stop.
-        transport.abort()
+    await asyncio.gather(*(_close(ws, t, reason) for ws, t in list(connections.items())))
+
+
+async def _close(ws: web.WebSocketResponse, transport: asyncio.Transport, reason: str) -> None:
+    try:
+        await ws.send_str(control.encode("bye", reason=reason))
+    except ConnectionError:
+        pass
+    await ws.close()
+    # The WebSocket said goodbye; skip TLS close_notify so no shutdown is left pending on a
+    # loop that is about to stop.
+    transport.abort()
 
 
 async def _handle(request: web.Request, ws: web.WebSocketResponse, stats: ControlStats) -> None:

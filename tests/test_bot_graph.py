@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
@@ -13,7 +14,7 @@ import trustme
 from bot.app import Bot
 from bot.call import CallEndedError
 from bot.devcerts import DevCerts
-from bot.errors import GraphAuthError, GraphError
+from bot.errors import GraphAuthError, GraphError, GraphThrottledError
 from bot.graph.auth import TokenProvider
 from bot.graph.client import GraphClient
 from emulator import Emulator, EmulatorConfig
@@ -67,7 +68,7 @@ async def test_graph_rejects_malformed_calls_with_typed_errors(
 
 async def test_unknown_call_is_404(graph: GraphClient) -> None:
     with pytest.raises(GraphError) as caught:
-        await graph.delete_call("00000000-0000-0000-0000-000000000000")
+        await graph.request("DELETE", "/communications/calls/00000000-0000-0000-0000-000000000000")
     assert caught.value.status == 404
 
 
@@ -157,3 +158,102 @@ async def test_tokens_near_expiry_are_refreshed(certs: DevCerts) -> None:
         assert emu.hits["POST /{tenant}/oauth2/v2.0/token"] == 2
     finally:
         await emu.stop()
+
+
+async def test_504_is_retried_for_reads_only(aiohttp_server: Any, certs: DevCerts) -> None:
+    """A 504 may mean "done, but late": repeating a POST could answer or transfer twice."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def timeout(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        return web.json_response({"error": {"code": "GatewayTimeout"}}, status=504)
+
+    app = web.Application()
+    app.router.add_route("*", "/x", timeout)
+    server = await aiohttp_server(app)
+
+    class NoToken(TokenProvider):
+        async def token(self) -> str:
+            return "t"
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    async with aiohttp.ClientSession() as session:
+        graph = GraphClient(
+            str(server.make_url("")),
+            NoToken("a", "s", "https://x/t", None),
+            session,
+            sleep=no_sleep,
+        )
+        with pytest.raises(GraphThrottledError):
+            await graph.request("POST", "/x", {})
+        with pytest.raises(GraphThrottledError):
+            await graph.request("GET", "/x")
+    assert seen == ["POST", "GET", "GET", "GET", "GET"]
+
+
+async def test_a_client_assertion_cannot_be_replayed(certs: DevCerts) -> None:
+    """RFC 7523 section 3: the token endpoint remembers each assertion's jti until it expires."""
+    import base64
+    import time
+    import uuid
+
+    from cryptography.hazmat.primitives import hashes
+
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = ca.issue_cert("graph-media-bot.example", key_type=trustme.KeyType.RSA)
+    cert_pem = leaf.cert_chain_pems[0].bytes()
+    emu = Emulator(
+        EmulatorConfig(
+            cert_file=certs.cert_file,
+            key_file=certs.key_file,
+            apps={APP_ID: AppRegistration(APP_ID, None, TENANT_ID, cert_pem)},
+        )
+    )
+    await emu.start()
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+        token_url = f"{emu.base_url}/{TENANT_ID}/oauth2/v2.0/token"
+        now = int(time.time())
+        x5t = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).decode()
+        claims = {
+            "iss": APP_ID,
+            "sub": APP_ID,
+            "aud": token_url,
+            "jti": str(uuid.uuid4()),
+            "nbf": now,
+            "exp": now + 300,
+        }
+        assertion = jwt.encode(claims, key, "PS256", headers={"x5t#S256": x5t})  # type: ignore[arg-type]
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": APP_ID,
+            "scope": "https://graph.microsoft.com/.default",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        }
+        import ssl as _ssl
+
+        ctx = _ssl.create_default_context(cafile=certs.ca_file)
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for _ in range(2):
+                async with session.post(token_url, data=form, ssl=ctx) as response:
+                    statuses.append(response.status)
+        assert statuses == [200, 401]
+    finally:
+        await emu.stop()
+
+
+def test_the_admin_api_is_for_loopback_only() -> None:
+    from emulator.admin import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("::1")
+    assert not _loopback("192.0.2.7") and not _loopback(None) and not _loopback("junk")

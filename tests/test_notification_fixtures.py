@@ -87,7 +87,7 @@ async def test_fixture(
     if "stale_rosters" in expect:
         assert call is not None and call.roster.stale_ignored == expect["stale_rosters"]
     if "tones" in expect:
-        assert call is not None and call.tones_seen == expect["tones"]
+        assert call is not None and list(call.tones_seen) == expect["tones"]
     if "operations" in expect:
         assert call is not None
         assert {k: op.status for k, op in call.operations.items()} == expect["operations"]

@@ -215,3 +215,69 @@ async def test_one_calls_stuck_handler_does_not_delay_another_call() -> None:
     stuck.set()
     await calls.idle()
     assert seen == ["fast", "fast", "slow"]
+
+
+async def test_a_final_operation_stays_final_when_the_post_answer_comes_late() -> None:
+    op = Operation({"id": "o9", "status": "failed", "resultInfo": {"code": 400, "subcode": 8508}})
+    op.update({"id": "o9", "status": "running", "resultInfo": None})  # the POST's own answer
+    assert op.status == "failed" and op.result_info == {"code": 400, "subcode": 8508}
+
+
+async def test_an_incoming_call_is_decided_once_even_if_created_comes_again() -> None:
+    lifecycle = _Lifecycle()
+    calls = CallCollection(lifecycle=lifecycle)
+    calls.apply(_incoming("c-twice"))
+    await calls.idle()
+    calls.apply(
+        {
+            "changeType": "updated",
+            "resourceUrl": "/communications/calls/c-twice",
+            "resourceData": {"state": "establishing"},
+        }
+    )
+    calls.apply(_incoming("c-twice"))  # Graph re-sends the incoming notification
+    await calls.idle()
+    assert lifecycle.fallbacks == ["c-twice"]
+    assert calls.calls["c-twice"].state == "establishing"
+
+
+async def test_a_decision_is_claimed_once() -> None:
+    from bot.call import DecisionError
+
+    call = Call("c-d")
+    call.decision = "answered"
+    with pytest.raises(DecisionError):
+        await call.reject("busy")
+
+
+class _EndRecorder(_Lifecycle):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[str] = []
+
+    def terminated(self, call: Call) -> None:
+        self.ended.append(call.id)
+
+
+async def test_keepalive_404_ends_the_call_through_the_collection() -> None:
+    lifecycle = _EndRecorder()
+    calls = CallCollection(lifecycle=lifecycle)
+    call = _KeepAliveCall(fail_after=0)
+    calls.calls[call.id] = call
+    ended = asyncio.Event()
+    calls.events.on("terminated", lambda c: ended.set())
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    keepalive = KeepAlive(sleep=fake_sleep, on_gone=calls.end)
+    keepalive.start(call)
+    await asyncio.wait_for(ended.wait(), 5)
+    assert lifecycle.ended == [call.id]  # media released, keep-alive stopped, events sent
+    await keepalive.close()
+
+
+def test_unusable_retry_after_values_fall_back_to_backoff() -> None:
+    assert retry_after_seconds("nan", 1) == 2.0
+    assert retry_after_seconds("inf", 0) == 1.0
