@@ -283,7 +283,12 @@ async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
     if blob is None or call.speaker is None:
         return False
     try:
-        call.link = MediaProcessorLink(blob, emulator.client_ssl)
+        call.link = MediaProcessorLink(
+            blob,
+            emulator.client_ssl,
+            emulator.config.media_loss_rate,
+            emulator.config.media_loss_seed,
+        )
         await call.link.connect(call.speaker, emulator.config.media_connect_timeout_seconds)
     except MediaProcessorError as exc:
         logger.info("Call(%s) media failed: %s", call.id, exc)

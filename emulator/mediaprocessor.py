@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -57,7 +58,15 @@ def with_csrc(send_rtp: SendRtp, speakers: Callable[[], Sequence[int]]) -> SendR
 class MediaProcessorLink:
     """One call's media between the emulated meeting and the bot."""
 
-    def __init__(self, blob: dict[str, Any], ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        blob: dict[str, Any],
+        ssl_context: ssl.SSLContext | None,
+        loss_rate: float = 0.0,
+        loss_seed: int = 1,
+    ) -> None:
+        """loss_rate: share of RTP packets to the bot dropped at random (seeded), standing in
+        for a lossy network (tc netem is not available on these machines)."""
         for key in ("mpUri", "mpMediaSessionId", "token"):
             if not isinstance(blob.get(key), str):
                 raise MediaProcessorError(f"the media config blob has no {key}")
@@ -70,6 +79,9 @@ class MediaProcessorLink:
         self._voice: VoiceTrack | None = None
         self._speaker: ParticipantScript | None = None
         self.heard = Recording()
+        self._loss_rate = loss_rate
+        self._loss = random.Random(loss_seed)
+        self.rtp_dropped = 0
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
 
@@ -108,8 +120,8 @@ class MediaProcessorLink:
         self._speaker = speaker
         self._voice = VoiceTrack(speaker.seed)
         sender = pc.addTrack(self._voice)
-        sender.transport._send_rtp = with_csrc(  # type: ignore[method-assign,assignment]
-            sender.transport._send_rtp, self._active_speakers
+        sender.transport._send_rtp = self._lossy(  # type: ignore[method-assign,assignment]
+            with_csrc(sender.transport._send_rtp, self._active_speakers)
         )
 
         @pc.on("track")
@@ -132,6 +144,18 @@ class MediaProcessorLink:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._tasks.append(asyncio.create_task(self._watch_control(ws)))
         await self.connected.wait()
+
+    def _lossy(self, send_rtp: SendRtp) -> SendRtp:
+        if self._loss_rate <= 0:
+            return send_rtp
+
+        async def send(data: bytes) -> None:
+            if not is_rtcp(data) and self._loss.random() < self._loss_rate:
+                self.rtp_dropped += 1
+                return
+            await send_rtp(data)
+
+        return send
 
     def _active_speakers(self) -> Sequence[int]:
         return (self._speaker.msi,) if self._speaker is not None else ()

@@ -54,6 +54,8 @@ class EmulatorConfig:
     # Multiplies every Graph timing rule (15 s ring, 5 s policy ring, 45 min inactivity, prompt
     # and transfer durations), so that tests run them in milliseconds.
     time_scale: float = 1.0
+    media_loss_rate: float = 0.0  # RTP to the bot dropped at random (seeded)
+    media_loss_seed: int = 1
     # Users (identity ids) who decline a transfer to them (call-transfer.md failure path).
     declining_users: set[str] = field(default_factory=set)
 

@@ -53,6 +53,16 @@ class OpusDecoder:
         self._ctx = ctx
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_SAMPLE_RATE_HZ)
 
+    def conceal(self, last_payload: bytes | None) -> list[Pcm]:
+        """20 ms of Opus packet-loss concealment.
+
+        av has no PLC call, but libopus treats a frame of length <= 1 as lost: a TOC-only packet
+        (same configuration, code 0) conceals one frame and the decoder carries on
+        (aiortc-internals.md section 3, E3). An empty packet would drain the decoder instead.
+        """
+        toc = last_payload[0] if last_payload else 0x78  # CELT FB 20 ms if nothing came yet
+        return self.decode(bytes([toc & 0xFC]))
+
     def decode(self, payload: bytes) -> list[Pcm]:
         """Raises av.FFmpegError or ValueError for a packet libopus cannot take."""
         return [

@@ -28,7 +28,8 @@ from aiortc.rtp import RtpPacket
 
 from media.clock import Clock, to_ticks
 from media.codec import RTP_TICKS_PER_FRAME, OpusDecoder, OpusEncoder
-from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame
+from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
+from media.jitter import JitterBuffer, JitterStats, Release
 from media.ring import Ring
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ logger = logging.getLogger(__name__)
 # A send-side allowance: RTP timestamps may lag real time by this many frames before they jump
 # forward (a talkspurt gap), so steady 50 fps output stays contiguous despite scheduling jitter.
 SEND_JITTER_ALLOWANCE_FRAMES = 3
-# A sequence jump this large (either way) is a new stream or a restarted sender, not lateness.
-SEQUENCE_RESET_GAP = 1000
 OPUS_TIME_BASE = Fraction(1, 48_000)
 
 
@@ -45,65 +44,100 @@ OPUS_TIME_BASE = Fraction(1, 48_000)
 class ReceiveStats:
     packets: int = 0
     frames: int = 0
+    concealed: int = 0
     late_or_duplicate: int = 0
     decode_errors: int = 0
     empty: int = 0
     stream_resets: int = 0
 
 
-def _seq_newer(a: int, b: int) -> bool:
-    """True if 16-bit RTP sequence number a comes after b (serial arithmetic, RFC 1982)."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000
-
-
 class AudioReceiver:
     """Turns decrypted Opus RTP packets into 20 ms 16 kHz frames tagged with their CSRCs.
 
     Runs inline in aiortc's DTLS receive task, so it does a bounded amount of work per packet and
-    never awaits: decode (~30 us) and resample (~12 us) per perf-baseline.md. Packets that arrive
-    after a newer one are dropped (the adaptive jitter buffer and concealment come with issue 4).
+    never awaits: jitter buffer (media/jitter.py), decode (~30 us) and resample (~12 us) per
+    perf-baseline.md. A lost packet's slot is concealed by the decoder once the buffer's wait is
+    over; a loop timer fires then, so concealment is on time even if no packet follows.
     """
 
     def __init__(self, ring: Ring[AudioFrame], clock: Clock) -> None:
         self._ring = ring
         self._clock = clock
         self._decoder = OpusDecoder()
+        self._jitter = JitterBuffer()
         self._pending = np.empty(0, dtype=np.int16)
-        self._last_seq: int | None = None
         self._ssrc: int | None = None
+        self._last_payload: bytes | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._sequence = 0
         self.stats = ReceiveStats()
+
+    @property
+    def jitter(self) -> JitterStats:
+        return self._jitter.stats
 
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int = 0) -> None:
         """Replacement for RTCRtpReceiver._handle_rtp_packet (same signature, awaited inline)."""
         self.stats.packets += 1
-        if not packet.payload:
-            # Padding-only RTP is legal, and an empty packet would put libopus into drain mode.
-            self.stats.empty += 1
-            return
-        seq = packet.sequence_number
-        if self._last_seq is not None and (
-            packet.ssrc != self._ssrc
-            or min((seq - self._last_seq) & 0xFFFF, (self._last_seq - seq) & 0xFFFF)
-            > SEQUENCE_RESET_GAP
-        ):
+        if self._ssrc is not None and packet.ssrc != self._ssrc:
             self.stats.stream_resets += 1
-            self._last_seq = None
-        if self._last_seq is not None and not _seq_newer(seq, self._last_seq):
-            self.stats.late_or_duplicate += 1
-            return
-        self._last_seq = seq
+            self._jitter = JitterBuffer()  # a new sender: a new sequence space
         self._ssrc = packet.ssrc
-        try:
-            chunks = self._decoder.decode(packet.payload)
-        except (av.FFmpegError, ValueError) as exc:
-            if isinstance(exc, EOFError):
-                self._decoder = OpusDecoder()  # drained: only a fresh decoder decodes again
-            self.stats.decode_errors += 1
-            logger.debug(
-                "AudioReceiver x undecodable packet seq=%d: %s", packet.sequence_number, exc
-            )
-            return
+        now = self._clock.now()
+        before = self._jitter.stats.late + self._jitter.stats.duplicates
+        releases = self._jitter.expire(now)
+        releases += self._jitter.add(
+            packet.sequence_number, packet.timestamp, packet.payload, tuple(packet.csrc), now
+        )
+        self.stats.late_or_duplicate += (
+            self._jitter.stats.late + self._jitter.stats.duplicates - before
+        )
+        self._play(releases)
+        self._schedule()
+
+    def expire(self) -> None:
+        """The jitter buffer's wait for a missing packet is over (its timer, or a test)."""
+        self._timer = None
+        self._play(self._jitter.expire(self._clock.now()))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self._jitter.deadline
+        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            delay = max(0.0, deadline - self._clock.now())
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + delay, self.expire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _play(self, releases: list[Release]) -> None:
+        for release in releases:
+            if release.payload == b"":
+                # Padding-only RTP is legal: its slot passes in silence (an empty packet given
+                # to libopus would drain the decoder).
+                self.stats.empty += 1
+                continue
+            try:
+                if release.payload is None:
+                    chunks = self._decoder.conceal(self._last_payload)
+                else:
+                    chunks = self._decoder.decode(release.payload)
+                    self._last_payload = release.payload
+            except (av.FFmpegError, ValueError) as exc:
+                if isinstance(exc, EOFError):
+                    self._decoder = OpusDecoder()  # drained: only a fresh decoder decodes again
+                self.stats.decode_errors += 1
+                logger.debug("AudioReceiver x undecodable packet %d: %s", release.seq, exc)
+                continue
+            self._push(chunks, release.csrc, concealed=release.payload is None)
+
+    def _push(self, chunks: list[Pcm], speakers: tuple[int, ...], concealed: bool) -> None:
         if chunks:
             pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
             if self.stats.frames == 0 and pending.shape[0] % AUDIO_FRAME_SAMPLES:
@@ -113,12 +147,13 @@ class AudioReceiver:
                 short = AUDIO_FRAME_SAMPLES - pending.shape[0] % AUDIO_FRAME_SAMPLES
                 pending = np.concatenate([np.zeros(short, np.int16), pending])
             self._pending = pending
-        speakers = tuple(packet.csrc)
         while self._pending.shape[0] >= AUDIO_FRAME_SAMPLES:
             pcm = self._pending[:AUDIO_FRAME_SAMPLES].copy()
             self._pending = self._pending[AUDIO_FRAME_SAMPLES:]
             self._sequence += 1
             self.stats.frames += 1
+            if concealed:
+                self.stats.concealed += 1
             self._ring.push(
                 AudioFrame(
                     pcm=pcm,
@@ -126,6 +161,7 @@ class AudioReceiver:
                     active_speakers=speakers,
                     is_silence=not speakers,
                     sequence=self._sequence,
+                    concealed=concealed,
                 )
             )
 

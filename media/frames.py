@@ -28,6 +28,7 @@ class AudioFrame:
     active_speakers: tuple[int, ...] = ()
     is_silence: bool = False
     sequence: int = field(default=0)
+    concealed: bool = False  # made up by the decoder's loss concealment (a lost packet)
 
     def __post_init__(self) -> None:
         if self.pcm.dtype != np.int16 or self.pcm.shape != (AUDIO_FRAME_SAMPLES,):

@@ -129,6 +129,8 @@ class LocalMediaSession:
         self._closing = True
         if self._send_track is not None:
             self._send_track.stop()
+        if self._receiver is not None:
+            self._receiver.close()
         if self._pc is not None:
             await self._pc.close()
         self._set_state("closed", reason)
@@ -141,6 +143,7 @@ class LocalMediaSession:
             stats.update(
                 rtp_packets=r.packets,
                 rtp_late_or_duplicate=r.late_or_duplicate,
+                concealed=r.concealed,
                 decode_errors=r.decode_errors,
             )
         if self._send_track is not None:
