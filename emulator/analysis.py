@@ -108,3 +108,29 @@ def echo_report(sent: Recording, heard: Recording) -> EchoReport:
     denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
     correlation = float(np.dot(a, b) / denom) if denom > 0 else 0.0
     return EchoReport(correlation, lag * 1000.0 / RATE_HZ, len(sent), len(heard))
+
+
+def frame_delays(sent: Recording, received: Recording) -> list[float]:
+    """Per-frame delay from hand-over to arrival, in seconds.
+
+    The received frames are in order (a jitter buffer fills losses), so one sample offset
+    aligns them with what was sent: r[n] ~ s[n + offset], found by cross-correlation in both
+    directions (codec and resampler history make received audio lag, a negative offset). A
+    received frame is then dated from the hand-over of the last sent sample it contains.
+    """
+    if not sent.frames or not received.frames:
+        return []
+    s = np.concatenate(sent.frames).astype(np.float64)
+    r = np.concatenate(received.frames).astype(np.float64)
+    size = 1 << int(np.ceil(np.log2(s.shape[0] + r.shape[0])))
+    xcorr = np.fft.irfft(np.fft.rfft(s, size) * np.conj(np.fft.rfft(r, size)), size)
+    max_lag = min(int(MAX_LAG_SECONDS * RATE_HZ), size // 2 - 1)
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    window = np.concatenate([xcorr[: max_lag + 1], xcorr[size - max_lag :]])
+    offset = int(lags[int(np.argmax(window))])
+    delays = []
+    for j, arrival in enumerate(received.times):
+        last = (j * FRAME_SAMPLES + offset + FRAME_SAMPLES - 1) // FRAME_SAMPLES
+        if 0 <= last < len(sent.times):
+            delays.append(arrival - sent.times[last])
+    return delays

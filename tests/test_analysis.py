@@ -58,3 +58,22 @@ def test_listener_records_one_frame_per_received_frame_at_its_arrival() -> None:
         frame.time_base = Fraction(1, 48_000)
         listener.add(frame, float(i))
     assert rec.times == [float(i) for i in range(10)]
+
+
+def test_frame_delays_finds_a_known_per_frame_delay_either_side_of_the_frame_grid() -> None:
+    from emulator.analysis import frame_delays
+
+    said = VoiceLikeSignal(3)
+    pcm = np.concatenate([said.next_frame() for _ in range(200)])
+    sent = Recording()
+    for i in range(200):
+        sent.add(5.0 + i * 0.02, pcm[i * 320 : (i + 1) * 320])
+    for shift in (-100, 0, 130):  # received audio lags (codec history) or leads the grid
+        got = Recording()
+        stream = np.concatenate([np.zeros(max(0, -shift), np.int16), pcm[max(0, shift) :]])
+        for j in range(150):
+            got.add(5.0 + j * 0.02 + 0.030, stream[j * 320 : (j + 1) * 320])
+        delays = frame_delays(sent, got)
+        expected = 0.030 - (0.02 if shift > 0 else 0.0)  # the last sample came one frame later
+        assert len(delays) >= 140
+        assert abs(float(np.median(delays)) - expected) < 1e-6, shift

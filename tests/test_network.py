@@ -1,0 +1,351 @@
+"""media/network.py: ICE host candidates from a port range, 1:1 NAT advertisement, queue cap.
+
+Real aiortc peer connections on this host's own addresses, always with iceServers=[] (no STUN
+lookups, no network access). See shared/reference/aiortc-internals.md sections 4 and 5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import logging
+import random
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import aioice
+import av
+import pytest
+from aioice.ice import get_host_addresses
+from aiortc import (
+    AudioStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+    rtcicetransport,
+)
+
+from media.network import (
+    NetworkConnection,
+    NetworkSettings,
+    PortRangeExhausted,
+    apply,
+    candidates_in_sdp,
+    ice_connections,
+    install,
+    uninstall,
+    use_network_settings,
+)
+
+PUBLIC_IP = "203.0.113.7"  # TEST-NET-3 (RFC 5737): stands in for an unreachable public address
+RANGE_SIZE = 10
+TIMEOUT_S = 5.0
+
+
+def host_ipv4() -> str:
+    addresses = get_host_addresses(use_ipv4=True, use_ipv6=False)
+    if not addresses:
+        pytest.skip("no non-loopback IPv4 address on this host")
+    return addresses[0]
+
+
+def ephemeral_ports() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_port_range(addresses: list[str], size: int = RANGE_SIZE) -> int:
+    """First port of `size` consecutive UDP ports free on every address.
+
+    Picked below the kernel's ephemeral range when there is room, so no kernel-chosen port (ours
+    or another process's) can land in it; otherwise from 40000-59000.
+    """
+    ephemeral = ephemeral_ports()
+    low, high = (20000, ephemeral.start) if ephemeral.start > 20000 + size else (40000, 59000)
+    rng = random.Random()
+    for _ in range(100):
+        start = rng.randrange(low, high - size)
+        with ExitStack() as stack:
+            try:
+                for address in addresses:
+                    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                    for port in range(start, start + size):
+                        sock = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
+                        sock.bind((address, port))
+            except OSError:
+                continue
+        return start
+    raise RuntimeError("no free UDP port range found")
+
+
+def new_pc() -> RTCPeerConnection:
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def when_connected(pc: RTCPeerConnection) -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_change() -> None:
+        if done.done():
+            return
+        if pc.connectionState == "connected":
+            done.set_result(None)
+        elif pc.connectionState in ("failed", "closed"):
+            done.set_exception(AssertionError(f"connectionState={pc.connectionState}"))
+
+    pc.on("connectionstatechange", on_change)
+    return done
+
+
+async def local_offer(pc: RTCPeerConnection) -> str:
+    await pc.setLocalDescription(await pc.createOffer())
+    assert pc.localDescription is not None
+    return pc.localDescription.sdp
+
+
+@pytest.fixture
+def installed() -> Iterator[None]:
+    install()
+    try:
+        yield
+    finally:
+        uninstall()
+    assert rtcicetransport.Connection is aioice.Connection
+
+
+def test_the_patch_points_are_still_there() -> None:
+    """Tripwire: the aioice/aiortc internals media/network.py overrides (doc section 4)."""
+    params = inspect.signature(aioice.Connection.get_component_candidates).parameters
+    assert list(params) == ["self", "component", "addresses", "timeout"]
+    assert list(inspect.signature(aioice.Connection.data_received).parameters) == [
+        "self",
+        "data",
+        "component",
+    ]
+    assert "Connection(" in inspect.getsource(rtcicetransport.RTCIceGatherer.__init__)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port_min": 1000, "port_max": 2000}, "port_min=1000 is outside 1024-65535"),
+        ({"port_min": 50000, "port_max": 70000}, "port_max=70000 is outside 1024-65535"),
+        ({"port_min": 50010, "port_max": 50000}, "port_min=50010 is greater than port_max=50000"),
+        ({"port_min": 50000}, "port_min and port_max must be set together"),
+        ({"public_ip": "203.0.113.300"}, "public_ip '203.0.113.300' is not a valid IPv4 or IPv6"),
+        ({"public_ip": "0.0.0.0"}, "unspecified"),
+        ({"bind_addresses": ()}, "bind_addresses is empty"),
+        ({"bind_addresses": "192.0.2.2"}, "not a string"),
+        ({"bind_addresses": ("eth0",)}, "bind_addresses entry 'eth0' is not a valid"),
+        ({"queue_limit": 0}, "queue_limit=0 must be at least 1"),
+    ],
+)
+def test_settings_validation(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NetworkSettings(**kwargs)
+
+
+def test_settings_defaults_and_normalisation() -> None:
+    assert not NetworkSettings().changes_gathering
+    assert NetworkSettings().ports() == [0]
+    settings = NetworkSettings(
+        port_min=1024,
+        port_max=1027,
+        public_ip="2001:db8::1",
+        bind_addresses=["192.0.2.2"],  # type: ignore[arg-type]
+    )
+    assert settings.bind_addresses == ("192.0.2.2",)
+    assert sorted(settings.ports()) == [1024, 1025, 1026, 1027]
+    assert hash(settings) == hash(settings)
+
+
+def test_candidates_in_sdp() -> None:
+    sdp = (
+        "v=0\r\n"
+        "c=IN IP4 203.0.113.7\r\n"
+        "a=candidate:1a2b 1 udp 2130706431 203.0.113.7 41001 typ host\r\n"
+        "a=candidate:3c4d 1 udp 1694498815 198.51.100.1 5000 typ srflx raddr 10.0.0.1 rport 41002"
+        "\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    assert candidates_in_sdp(sdp) == [
+        ("203.0.113.7", 41001, "host"),
+        ("198.51.100.1", 5000, "srflx"),
+    ]
+    assert candidates_in_sdp("v=0\r\n") == []
+
+
+def test_queue_cap_drops_and_counts(caplog: pytest.LogCaptureFixture) -> None:
+    connection = NetworkConnection(ice_controlling=False)
+    connection.network_settings = NetworkSettings(queue_limit=3)
+    with caplog.at_level(logging.WARNING, logger="media.network"):
+        for i in range(8):
+            connection.data_received(bytes([i]), 1)
+    assert connection._queue.qsize() == 3
+    assert [connection._queue.get_nowait() for _ in range(3)] == [
+        (b"\x00", 1),
+        (b"\x01", 1),
+        (b"\x02", 1),
+    ]
+    assert connection.dropped == 5
+    assert len(caplog.records) == 3  # drops 1, 2 and 4: rate-limited, not one line per datagram
+
+
+def test_queue_is_unbounded_without_settings() -> None:
+    connection = NetworkConnection(ice_controlling=False)
+    assert connection.network_settings is None
+    for _ in range(300):  # more than the default queue_limit of 256
+        connection.data_received(b"x", 1)
+    assert connection._queue.qsize() == 300
+    assert connection.dropped == 0
+
+
+async def test_answer_from_port_range_advertises_public_ip_and_carries_audio() -> None:
+    address = host_ipv4()
+    port_min = free_port_range([address])
+    ports = range(port_min, port_min + RANGE_SIZE)
+    settings = NetworkSettings(
+        port_min=port_min,
+        port_max=ports[-1],
+        public_ip=PUBLIC_IP,
+        bind_addresses=(address,),
+    )
+    offerer, answerer = new_pc(), new_pc()
+    track = AudioStreamTrack()
+    try:
+        offerer.addTrack(track)
+        connected = asyncio.gather(when_connected(offerer), when_connected(answerer))
+        await local_offer(offerer)
+        assert offerer.localDescription is not None
+        await answerer.setRemoteDescription(offerer.localDescription)
+        apply(answerer, settings)  # after setRemoteDescription, before createAnswer
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        assert answerer.localDescription is not None
+        answer = answerer.localDescription.sdp
+
+        candidates = candidates_in_sdp(answer)
+        assert candidates, answer
+        assert all(port in ports for _, port, _ in candidates), candidates
+        # Option 2: the host candidate carries the public IP; the private one is not disclosed.
+        assert {(ip, kind) for ip, _, kind in candidates} == {(PUBLIC_IP, "host")}
+        assert f"c=IN IP4 {PUBLIC_IP}" in answer
+        assert address not in answer
+
+        await offerer.setRemoteDescription(
+            RTCSessionDescription(sdp=answer, type=answerer.localDescription.type)
+        )
+        receiver_track = answerer.getTransceivers()[0].receiver.track
+        async with asyncio.timeout(TIMEOUT_S):
+            await connected
+            frame = await receiver_track.recv()
+        assert offerer.connectionState == answerer.connectionState == "connected"
+        assert isinstance(frame, av.AudioFrame)
+        assert frame.sample_rate == 48000
+
+        # The public IP is unreachable here, so the offerer learned the real bound address from
+        # the answerer's own checks, as peer-reflexive (RFC 8445 section 7.3.1.3; doc E4).
+        [offer_ice] = ice_connections(offerer)
+        pair = offer_ice._nominated[1]
+        assert pair.remote_candidate.type == "prflx"
+        assert pair.remote_addr == (address, candidates[0][1])
+        [answer_ice] = ice_connections(answerer)
+        assert isinstance(answer_ice, NetworkConnection)
+        assert answer_ice.dropped == 0
+    finally:
+        track.stop()
+        await offerer.close()
+        await answerer.close()
+
+
+async def test_installed_contextvar_settings_and_stock_pc(installed: None) -> None:
+    addresses = get_host_addresses(use_ipv4=True, use_ipv6=True)
+    if not addresses:
+        pytest.skip("no host address for aioice to discover")
+    port_min = free_port_range(addresses, size=max(RANGE_SIZE, len(addresses)))
+    ports = range(port_min, port_min + max(RANGE_SIZE, len(addresses)))
+    settings = NetworkSettings(port_min=port_min, port_max=ports[-1])
+    with use_network_settings(settings):
+        configured = new_pc()
+        configured.addTransceiver("audio")
+    plain = new_pc()
+    plain.addTransceiver("audio")
+    try:
+        [configured_ice] = ice_connections(configured)
+        [plain_ice] = ice_connections(plain)
+        assert isinstance(configured_ice, NetworkConnection)
+        assert isinstance(plain_ice, NetworkConnection)
+        assert configured_ice.network_settings is settings
+        assert plain_ice.network_settings is None
+
+        # Range only, no bind_addresses: aioice's own address discovery, every port in range.
+        configured_candidates = candidates_in_sdp(await local_offer(configured))
+        assert sorted(ip for ip, _, _ in configured_candidates) == sorted(addresses)
+        assert all(port in ports for _, port, _ in configured_candidates)
+
+        # No settings: stock aioice, one host candidate per address on a kernel-chosen port.
+        plain_candidates = candidates_in_sdp(await local_offer(plain))
+        assert sorted(ip for ip, _, _ in plain_candidates) == sorted(addresses)
+        assert all(kind == "host" for _, _, kind in plain_candidates)
+        assert all(port not in ports for _, port, _ in plain_candidates)
+        ephemeral = ephemeral_ports()
+        assert all(port in ephemeral for _, port, _ in plain_candidates), plain_candidates
+    finally:
+        await configured.close()
+        await plain.close()
+
+
+async def test_range_exhaustion_is_a_clear_error() -> None:
+    address = host_ipv4()
+    port = free_port_range([address, "127.0.0.1"], size=1)
+    settings = NetworkSettings(port_min=port, port_max=port, bind_addresses=(address,))
+    first, second, third = new_pc(), new_pc(), new_pc()
+    try:
+        first.addTransceiver("audio")
+        apply(first, settings)
+        assert candidates_in_sdp(await local_offer(first)) == [(address, port, "host")]
+
+        # Stock aiortc would offer "c=IN IP4 0.0.0.0" with no candidate and never start ICE.
+        second.addTransceiver("audio")
+        apply(second, settings)
+        with pytest.raises(PortRangeExhausted, match=f"no free UDP port in {port}-{port}") as err:
+            await local_offer(second)
+        assert err.value.errno == errno.EADDRINUSE
+
+        # A failure on a later bind address releases the sockets bound before it.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", port))
+            await first.close()  # frees address:port for the third PC's first bind
+            third.addTransceiver("audio")
+            apply(
+                third,
+                NetworkSettings(
+                    port_min=port, port_max=port, bind_addresses=(address, "127.0.0.1")
+                ),
+            )
+            with pytest.raises(PortRangeExhausted, match="on 127.0.0.1"):
+                await local_offer(third)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, port))  # would raise EADDRINUSE had the socket leaked
+    finally:
+        for pc in (first, second, third):
+            await pc.close()
+
+
+async def test_apply_needs_transports_and_must_precede_gathering() -> None:
+    pc = new_pc()
+    try:
+        with pytest.raises(RuntimeError, match="no ICE transport"):
+            apply(pc, NetworkSettings())
+        pc.addTransceiver("audio")
+        await local_offer(pc)
+        with pytest.raises(RuntimeError, match="too late"):
+            apply(pc, NetworkSettings())
+    finally:
+        await pc.close()
