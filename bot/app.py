@@ -66,6 +66,9 @@ class Bot:
                 instance_internal_port=settings.instance_internal_port,
                 instance_public_port=settings.instance_public_port,
                 bind_host=settings.media_bind_host,
+                instance_public_ip=settings.instance_public_ip,
+                media_port_min=settings.media_port_min,
+                media_port_max=settings.media_port_max,
             ),
             on_event=self._media_event_threadsafe,
         )

@@ -34,7 +34,9 @@ class Settings:
     notification_openid_url: str = f"{EMULATOR_URL}/v1/.well-known/OpenIdConfiguration"
     ca_file: str | None = None  # CA bundle for Graph, login and OpenID instead of the system's
     service_fqdn: str = "localhost"
-    instance_public_ip: str | None = None
+    instance_public_ip: str | None = None  # advertised in media candidates (1:1 NAT)
+    media_port_min: int | None = None  # UDP range for all media; None: any free port
+    media_port_max: int | None = None
     instance_internal_port: int = 8445
     instance_public_port: int | None = None
     media_bind_host: str = "127.0.0.1"

@@ -30,6 +30,8 @@ from media.clock import Clock, to_ticks
 from media.codec import RTP_TICKS_PER_FRAME, OpusDecoder, OpusEncoder
 from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
 from media.jitter import JitterBuffer, JitterStats, Release
+from media.network import NetworkSettings
+from media.network import apply as apply_network
 from media.ring import Ring
 
 logger = logging.getLogger(__name__)
@@ -257,7 +259,11 @@ def new_peer_connection() -> RTCPeerConnection:
 
 
 async def answer_audio_offer(
-    pc: RTCPeerConnection, offer_sdp: str, receiver: AudioReceiver, send_track: SendTrack
+    pc: RTCPeerConnection,
+    offer_sdp: str,
+    receiver: AudioReceiver,
+    send_track: SendTrack,
+    network: NetworkSettings | None = None,
 ) -> str:
     """Apply the MP's offer, hook the audio receiver, attach the send track; return the answer."""
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -268,6 +274,9 @@ async def answer_audio_offer(
     # DTLS connects (aiortc-internals.md section 1, option A).
     audio[0].receiver._handle_rtp_packet = receiver.handle_rtp  # type: ignore[method-assign]
     pc.addTrack(send_track)
+    if network is not None and network.changes_gathering:
+        # Before the answer: that is when candidates are gathered (media/network.py).
+        apply_network(pc, network)
     answer = await pc.createAnswer()
     await pc.setLocalDescription(answer)
     return pc.localDescription.sdp

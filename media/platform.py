@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from media.clock import Clock, MonotonicClock
+from media.network import NetworkSettings
 from media.pipeline.hotloop import HotLoop
 from media.pipeline.processor import AudioProcessor
 from media.server import ControlStats, close_all, create_app
@@ -49,6 +50,19 @@ class MediaPlatformSettings:
     instance_internal_port: int = 8445  # 0: any free port (tests, demo)
     instance_public_port: int | None = None  # None: the bound internal port
     bind_host: str = "127.0.0.1"
+    # Media (UDP): all ICE candidates from this port range, advertising the instance's public
+    # IP behind 1:1 NAT, so one firewall rule covers the bot (graph-comms.md 4.2, 4.10).
+    instance_public_ip: str | None = None
+    media_port_min: int | None = None
+    media_port_max: int | None = None
+
+    def network(self) -> NetworkSettings:
+        """Raises ValueError naming a bad port range or address."""
+        return NetworkSettings(
+            port_min=self.media_port_min,
+            port_max=self.media_port_max,
+            public_ip=self.instance_public_ip,
+        )
 
 
 def _new_media_loop() -> asyncio.AbstractEventLoop:
@@ -68,6 +82,10 @@ class MediaPlatform:
     ) -> None:
         self.settings = settings
         self.clock = clock or MonotonicClock()
+        try:
+            self.network = settings.network()
+        except ValueError as exc:
+            raise MediaPlatformError(f"media network settings: {exc}") from exc
         self.control_stats = ControlStats()
         self.hot_loop = HotLoop(self.clock)
         # Encoders run here, off the media loop (libopus releases the GIL while it works).
@@ -165,7 +183,12 @@ class MediaPlatform:
         if not self.bound_port:
             raise MediaPlatformError("the media platform is not started")
         session = LocalMediaSession(
-            self.mp_uri_base, self.clock, self._emit, receive_unmixed, self._codec_executor
+            self.mp_uri_base,
+            self.clock,
+            self._emit,
+            receive_unmixed,
+            self._codec_executor,
+            self.network,
         )
         with self._lock:
             self._sessions[session.id] = session

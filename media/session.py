@@ -19,6 +19,7 @@ from media.audio_socket import AudioSocket
 from media.clock import Clock
 from media.control import PROTOCOL
 from media.engine import AudioReceiver, SendTrack, answer_audio_offer, new_peer_connection
+from media.network import NetworkSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class LocalMediaSession:
         emit: Callable[[MediaEvent], None],
         receive_unmixed_meeting_audio: bool = False,
         codec_executor: Executor | None = None,
+        network: NetworkSettings | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.token = secrets.token_urlsafe(32)
@@ -60,6 +62,8 @@ class LocalMediaSession:
         self._clock = clock
         self._emit = emit
         self._codec_executor = codec_executor
+        self._network = network
+        self.answer_sdp = ""  # what we told the media processor (diagnostics, tests)
         self._audio_contexts = (str(uuid.uuid4()), str(uuid.uuid4()))
         self._pc: RTCPeerConnection | None = None
         self._receiver: AudioReceiver | None = None
@@ -113,7 +117,10 @@ class LocalMediaSession:
 
         self._set_state("connecting")
         try:
-            return await answer_audio_offer(pc, offer_sdp, self._receiver, self._send_track)
+            self.answer_sdp = await answer_audio_offer(
+                pc, offer_sdp, self._receiver, self._send_track, self._network
+            )
+            return self.answer_sdp
         except Exception:
             # Leave the session able to take a corrected offer.
             self._pc = None

@@ -14,11 +14,12 @@ import random
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, cast
 
 import aioice
 import av
 import pytest
+from aioice import stun
 from aioice.ice import get_host_addresses
 from aiortc import (
     AudioStreamTrack,
@@ -336,6 +337,49 @@ async def test_range_exhaustion_is_a_clear_error() -> None:
     finally:
         for pc in (first, second, third):
             await pc.close()
+
+
+class FakeStunServer(asyncio.DatagramProtocol):
+    """Answers every Binding request as if a NAT mapped the sender to MAPPED_IP (RFC 8489)."""
+
+    MAPPED_IP = "198.51.100.9"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        request = stun.parse_message(data)
+        response = stun.Message(
+            message_method=request.message_method,
+            message_class=stun.Class.RESPONSE,
+            transaction_id=request.transaction_id,
+        )
+        response.attributes["XOR-MAPPED-ADDRESS"] = (self.MAPPED_IP, addr[1])
+        self.transport.sendto(bytes(response), addr)
+
+
+async def test_range_without_public_ip_keeps_stun_srflx() -> None:
+    """Binding the host sockets ourselves must not lose the stock STUN srflx candidates."""
+    port = free_port_range(["127.0.0.1"], size=1)
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        FakeStunServer, local_addr=("127.0.0.1", 0)
+    )
+    stun_port = transport.get_extra_info("sockname")[1]
+    connection = NetworkConnection(ice_controlling=False, stun_server=("127.0.0.1", stun_port))
+    connection.network_settings = NetworkSettings(
+        port_min=port, port_max=port, bind_addresses=("127.0.0.1",)
+    )
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            await connection.gather_candidates()
+        found = [(c.host, c.port, c.type, c.related_address) for c in connection.local_candidates]
+        assert found == [
+            ("127.0.0.1", port, "host", None),
+            (FakeStunServer.MAPPED_IP, port, "srflx", "127.0.0.1"),
+        ]
+    finally:
+        await connection.close()
+        transport.close()
 
 
 async def test_apply_needs_transports_and_must_precede_gathering() -> None:
