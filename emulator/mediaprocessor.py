@@ -20,7 +20,7 @@ import aiohttp
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import is_rtcp
+from aiortc.rtp import RtcpRrPacket, is_rtcp
 
 from emulator.analysis import Listener, Recording
 from emulator.participant import ParticipantScript, VoiceTrack
@@ -82,6 +82,8 @@ class MediaProcessorLink:
         self._loss_rate = loss_rate
         self._loss = random.Random(loss_seed)
         self.rtp_dropped = 0
+        self.receiver_reports: list[Any] = []
+        self.report_received = asyncio.Event()
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
 
@@ -120,6 +122,7 @@ class MediaProcessorLink:
         self._speaker = speaker
         self._voice = VoiceTrack(speaker.seed)
         sender = pc.addTrack(self._voice)
+        self._watch_reports(sender)
         sender.transport._send_rtp = self._lossy(  # type: ignore[method-assign,assignment]
             with_csrc(sender.transport._send_rtp, self._active_speakers)
         )
@@ -144,6 +147,20 @@ class MediaProcessorLink:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._tasks.append(asyncio.create_task(self._watch_control(ws)))
         await self.connected.wait()
+
+    def _watch_reports(self, sender: Any) -> None:
+        """Keep the bot's RTCP receiver reports about our stream (what Teams' MP would use for
+        its quality view): the router calls the sender's handler through the instance."""
+        original = sender._handle_rtcp_packet
+
+        async def handle(packet: Any) -> None:
+            if isinstance(packet, RtcpRrPacket):
+                self.receiver_reports.extend(packet.reports)
+                del self.receiver_reports[:-100]  # bounded
+                self.report_received.set()
+            await original(packet)
+
+        sender._handle_rtcp_packet = handle
 
     def _lossy(self, send_rtp: SendRtp) -> SendRtp:
         if self._loss_rate <= 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,10 +25,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtp import RtpPacket
 
 from media.clock import Clock, to_ticks
-from media.codec import RTP_TICKS_PER_FRAME, OpusDecoder, OpusEncoder
+from media.codec import OPUS_RTP_RATE_HZ, RTP_TICKS_PER_FRAME, OpusDecoder, OpusEncoder
 from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
 from media.jitter import JitterBuffer, JitterStats, Release
 from media.network import NetworkSettings
@@ -62,8 +64,15 @@ class AudioReceiver:
     over; a loop timer fires then, so concealment is on time even if no packet follows.
     """
 
-    def __init__(self, ring: Ring[AudioFrame], clock: Clock) -> None:
+    def __init__(
+        self,
+        ring: Ring[AudioFrame],
+        clock: Clock,
+        on_packet: Callable[[RtpPacket], None] | None = None,
+    ) -> None:
+        """on_packet: sees every packet first (RTCP receiver statistics)."""
         self._ring = ring
+        self.on_packet = on_packet
         self._clock = clock
         self._decoder = OpusDecoder()
         self._jitter = JitterBuffer()
@@ -81,6 +90,8 @@ class AudioReceiver:
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int = 0) -> None:
         """Replacement for RTCRtpReceiver._handle_rtp_packet (same signature, awaited inline)."""
         self.stats.packets += 1
+        if self.on_packet is not None:
+            self.on_packet(packet)
         if self._ssrc is not None and packet.ssrc != self._ssrc:
             self.stats.stream_resets += 1
             self._jitter = JitterBuffer()  # a new sender: a new sequence space
@@ -253,6 +264,23 @@ class SendTrack(MediaStreamTrack):
         self._media_loop.call_soon_threadsafe(self._wake.set)
 
 
+def receiver_statistics(rtp_receiver: RTCRtpReceiver) -> Callable[[RtpPacket], None]:
+    """Feed aiortc's own per-SSRC statistics, which its RTCP loop turns into receiver reports.
+
+    Bypassing the stock _handle_rtp_packet would otherwise silence RTCP RR: the sender would get
+    no loss, jitter or round-trip figures (aiortc-internals.md section 5, E5). About 2 us a packet.
+    """
+    streams: dict[int, StreamStatistics] = rtp_receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+
+    def record(packet: RtpPacket) -> None:
+        stream = streams.get(packet.ssrc)
+        if stream is None:
+            stream = streams[packet.ssrc] = StreamStatistics(OPUS_RTP_RATE_HZ)
+        stream.add(packet)
+
+    return record
+
+
 def new_peer_connection() -> RTCPeerConnection:
     # iceServers=[]: otherwise aiortc falls back to a public STUN server (verified-facts.md).
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -272,7 +300,9 @@ async def answer_audio_offer(
         raise ValueError("the offer has no audio m-line")
     # Safe right after setRemoteDescription: receive() and RTP registration happen later, once
     # DTLS connects (aiortc-internals.md section 1, option A).
-    audio[0].receiver._handle_rtp_packet = receiver.handle_rtp  # type: ignore[method-assign]
+    rtp_receiver = audio[0].receiver
+    rtp_receiver._handle_rtp_packet = receiver.handle_rtp  # type: ignore[method-assign]
+    receiver.on_packet = receiver_statistics(rtp_receiver)
     pc.addTrack(send_track)
     if network is not None and network.changes_gathering:
         # Before the answer: that is when candidates are gathered (media/network.py).

@@ -151,6 +151,9 @@ class LocalMediaSession:
                 rtp_packets=r.packets,
                 rtp_late_or_duplicate=r.late_or_duplicate,
                 concealed=r.concealed,
+                concealment_skipped=self._receiver.jitter.skipped,
+                jitter_us=round(self._receiver.jitter.jitter_seconds * 1e6),
+                jitter_wait_us=round(self._receiver.jitter.wait_seconds * 1e6),
                 decode_errors=r.decode_errors,
             )
         if self._send_track is not None:

@@ -26,6 +26,18 @@ def test_receiver_hook_point_is_an_instance_lookup() -> None:
     assert "receiver._handle_rtp_packet(" in source
 
 
+def test_receiver_reports_come_from_the_receivers_stream_statistics() -> None:
+    """media/engine.receiver_statistics feeds this dict; aiortc's RTCP loop reads it."""
+    source = inspect.getsource(rtcrtpreceiver.RTCRtpReceiver._run_rtcp)
+    assert "self.__remote_streams.items()" in source
+    init = inspect.getsource(rtcrtpreceiver.RTCRtpReceiver.__init__)
+    assert "self.__remote_streams" in init
+    assert list(inspect.signature(rtcrtpreceiver.StreamStatistics.add).parameters) == [
+        "self",
+        "packet",
+    ]
+
+
 def test_dtls_send_rtp_takes_serialized_packets() -> None:
     params = list(inspect.signature(rtcdtlstransport.RTCDtlsTransport._send_rtp).parameters)
     assert params == ["self", "data"]

@@ -52,6 +52,8 @@ async def test_ten_percent_loss_is_concealed_not_gapped(certs: DevCerts) -> None
         await asyncio.wait_for(collect.enough.wait(), 15)
         link = emulator.calls[call.id].link
         assert link is not None
+        await asyncio.wait_for(link.report_received.wait(), 10)  # RTCP RR every 0.5-1.5 s
+        reports = list(link.receiver_reports)
         dropped = link.rtp_dropped
         media = bot.media.session(call.media_session_id or "")
         assert media is not None
@@ -71,5 +73,7 @@ async def test_ten_percent_loss_is_concealed_not_gapped(certs: DevCerts) -> None
     )
     assert all(f.active_speakers for f in frames)
     assert stats["decode_errors"] == 0
+    # The bot's receiver reports tell the sender about the loss (RFC 3550 6.4.2).
+    assert reports and max(r.packets_lost for r in reports) > 0
     # One concealed frame per lost packet (give or take the ones lost as we read the counters).
     assert abs(stats["concealed"] - dropped) <= 2
