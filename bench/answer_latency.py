@@ -33,11 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.app import Bot  # noqa: E402
 from bot.call import Call  # noqa: E402
-from bot.devcerts import make_dev_certs  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from emulator import EmulatorConfig, EmulatorThread  # noqa: E402
-from emulator.participant import demo_meeting  # noqa: E402
-from emulator.server import AppRegistration  # noqa: E402
+from bot.demo import start_local_environment  # noqa: E402
 
 WITHIN = 30.0
 
@@ -48,34 +44,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(calls: int, out: Path) -> dict[str, Any]:
-    certs = make_dev_certs(out / "certs")
-    settings = Settings(
-        cert_file=certs.cert_file,
-        key_file=certs.key_file,
-        ca_file=certs.ca_file,
-        webhook_port=0,
-        instance_internal_port=0,
+    env = await start_local_environment(out)
+    settings, emulator, meeting, emulator_thread = (
+        env.settings,
+        env.emulator,
+        env.meeting,
+        env.thread,
     )
-    meeting = demo_meeting(settings.tenant_id)
-    app = AppRegistration(settings.app_id, settings.app_secret, settings.tenant_id)
-    emulator_thread = EmulatorThread(
-        EmulatorConfig(
-            cert_file=certs.cert_file,
-            key_file=certs.key_file,
-            trust_file=certs.ca_file,
-            apps={settings.app_id: app},
-            meetings=[meeting],
-        )
-    )
-    emulator = emulator_thread.start()
     base = emulator.base_url
-    bot = Bot(
-        settings.replace(
-            graph_url=f"{base}/v1.0",
-            authority_url=base,
-            notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",
-        )
-    )
+    bot = Bot(settings)
+    client_ssl = ssl.create_default_context(cafile=settings.ca_file)
     answered: dict[str, asyncio.Future[Call]] = {}
 
     @bot.calls.events.on("incoming_call")
@@ -83,7 +61,6 @@ async def run(calls: int, out: Path) -> dict[str, Any]:
         await call.answer()
         answered.setdefault(call.id, asyncio.get_running_loop().create_future()).set_result(call)
 
-    client_ssl = ssl.create_default_context(cafile=certs.ca_file)
     latencies: list[float] = []
     rtts: list[float] = []
     await bot.start()

@@ -25,12 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stock_pair import stock_run  # noqa: E402
 
 from bot.app import Bot  # noqa: E402
-from bot.devcerts import make_dev_certs  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from emulator import EmulatorConfig, EmulatorThread  # noqa: E402
+from bot.demo import start_local_environment  # noqa: E402
 from emulator.analysis import Recording, frame_delays  # noqa: E402
-from emulator.participant import demo_meeting  # noqa: E402
-from emulator.server import AppRegistration  # noqa: E402
 from media.clock import TICKS_PER_SECOND  # noqa: E402
 from media.frames import AudioFrame  # noqa: E402
 
@@ -54,39 +50,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def bot_run(seconds: float, out: Path) -> tuple[Recording, Recording]:
-    certs = make_dev_certs(out / "certs")
-    settings = Settings(
-        cert_file=certs.cert_file,
-        key_file=certs.key_file,
-        ca_file=certs.ca_file,
-        webhook_port=0,
-        instance_internal_port=0,
-    )
-    meeting = demo_meeting(settings.tenant_id)
-    thread = EmulatorThread(
-        EmulatorConfig(
-            cert_file=certs.cert_file,
-            key_file=certs.key_file,
-            trust_file=certs.ca_file,
-            apps={
-                settings.app_id: AppRegistration(
-                    settings.app_id, settings.app_secret, settings.tenant_id
-                )
-            },
-            meetings=[meeting],
-        )
-    )
-    emulator = thread.start()
-    base = emulator.base_url
+    env = await start_local_environment(out)
+    emulator, meeting, thread = env.emulator, env.meeting, env.thread
     received = Received()
-    bot = Bot(
-        settings.replace(
-            graph_url=f"{base}/v1.0",
-            authority_url=base,
-            notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",
-        ),
-        processors=lambda: [received],
-    )
+    bot = Bot(env.settings, processors=lambda: [received])
     await bot.start()
     try:
         call = await bot.join(emulator.join_url(meeting))

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ import numpy as np
 from bot.app import Bot
 from bot.devcerts import make_dev_certs
 from bot.settings import Settings
-from emulator import EmulatorConfig, EmulatorThread
+from emulator import Emulator, EmulatorConfig, EmulatorThread
 from emulator.analysis import Recording
-from emulator.participant import demo_meeting
+from emulator.participant import Meeting, demo_meeting
 from emulator.server import AppRegistration
 from media.frames import AudioFrame
 from media.pipeline import EchoProcessor
@@ -55,10 +56,18 @@ def write_wav(path: Path, recording: Recording, rate_hz: int = 16_000) -> None:
         out.writeframes(pcm.astype("<i2").tobytes())
 
 
-async def run_demo(
-    seconds: float, out_dir: Path, json_path: Path | None = None, show: bool = True
-) -> dict[str, Any]:
-    started = time.monotonic()
+@dataclass
+class LocalEnvironment:
+    """The emulator on its own thread, and bot settings pointing at it (demo and benchmarks)."""
+
+    settings: Settings
+    thread: EmulatorThread
+    emulator: Emulator
+    meeting: Meeting
+
+
+async def start_local_environment(out_dir: Path) -> LocalEnvironment:
+    """Throwaway certificates, the demo meeting, a running emulator, and matching settings."""
     certs = await asyncio.to_thread(make_dev_certs, out_dir / "certs")
     settings = Settings(
         cert_file=certs.cert_file,
@@ -68,29 +77,35 @@ async def run_demo(
         instance_internal_port=0,
     )
     meeting = demo_meeting(settings.tenant_id)
-    emulator_thread = await asyncio.to_thread(
+    app = AppRegistration(settings.app_id, settings.app_secret, settings.tenant_id)
+    thread = await asyncio.to_thread(
         EmulatorThread,
         EmulatorConfig(
             cert_file=certs.cert_file,
             key_file=certs.key_file,
             trust_file=certs.ca_file,
-            apps={
-                settings.app_id: AppRegistration(
-                    settings.app_id, settings.app_secret, settings.tenant_id
-                )
-            },
+            apps={settings.app_id: app},
             meetings=[meeting],
         ),
     )
-    emulator = await asyncio.to_thread(emulator_thread.start)
+    emulator = await asyncio.to_thread(thread.start)
     base = emulator.base_url
     settings = settings.replace(
         graph_url=f"{base}/v1.0",
         authority_url=base,
         notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",
     )
+    return LocalEnvironment(settings, thread, emulator, meeting)
+
+
+async def run_demo(
+    seconds: float, out_dir: Path, json_path: Path | None = None, show: bool = True
+) -> dict[str, Any]:
+    started = time.monotonic()
+    env = await start_local_environment(out_dir)
+    emulator_thread, emulator, meeting = env.thread, env.emulator, env.meeting
     tally = SpeakerTally()
-    bot = Bot(settings, processors=lambda: [tally, EchoProcessor()])
+    bot = Bot(env.settings, processors=lambda: [tally, EchoProcessor()])
     try:
         await bot.start()
         call = await bot.join(emulator.join_url(meeting))
