@@ -7,6 +7,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,18 +52,23 @@ def meeting() -> Meeting:
     )
 
 
+def emulator_config(certs: DevCerts, **overrides: Any) -> EmulatorConfig:
+    """The tests' emulator: the test app, the test meeting, trusting the test CA."""
+    values: dict[str, Any] = {
+        "cert_file": certs.cert_file,
+        "key_file": certs.key_file,
+        "trust_file": certs.ca_file,
+        "apps": {APP_ID: AppRegistration(APP_ID, APP_SECRET, TENANT_ID)},
+        "meetings": [meeting()],
+        "media_connect_timeout_seconds": 5.0,
+        **overrides,
+    }
+    return EmulatorConfig(**values)
+
+
 @pytest.fixture
 async def emulator(certs: DevCerts) -> AsyncIterator[Emulator]:
-    emu = Emulator(
-        EmulatorConfig(
-            cert_file=certs.cert_file,
-            key_file=certs.key_file,
-            trust_file=certs.ca_file,
-            apps={APP_ID: AppRegistration(APP_ID, APP_SECRET, TENANT_ID)},
-            meetings=[meeting()],
-            media_connect_timeout_seconds=5.0,
-        )
-    )
+    emu = Emulator(emulator_config(certs))
     await emu.start()
     yield emu
     await emu.stop()

@@ -21,10 +21,9 @@ from bot.errors import GraphThrottledError
 from bot.graph import shapes
 from bot.keepalive import KeepAlive
 from bot.operations import OperationFailedError
-from emulator import Emulator, EmulatorConfig
+from emulator import Emulator
 from emulator.participant import Meeting, ParticipantScript
-from emulator.server import AppRegistration
-from tests.conftest import APP_ID, APP_SECRET, TENANT_ID, settings_for
+from tests.conftest import APP_ID, TENANT_ID, emulator_config, settings_for
 
 SCALE = 0.05  # every Graph timing rule 20x faster (the 15 s answer window is 750 ms)
 DECLINER = "dddddddd-0000-4000-8000-00000000d0d0"
@@ -87,13 +86,9 @@ def scripted_meeting() -> Meeting:
 @pytest.fixture
 async def rig(certs: DevCerts, client_ssl: ssl.SSLContext) -> AsyncIterator[Rig]:
     emulator = Emulator(
-        EmulatorConfig(
-            cert_file=certs.cert_file,
-            key_file=certs.key_file,
-            trust_file=certs.ca_file,
-            apps={APP_ID: AppRegistration(APP_ID, APP_SECRET, TENANT_ID)},
+        emulator_config(
+            certs,
             meetings=[scripted_meeting()],
-            media_connect_timeout_seconds=5.0,
             time_scale=SCALE,
             declining_users={DECLINER},
         )

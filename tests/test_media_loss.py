@@ -7,10 +7,9 @@ import asyncio
 
 from bot.app import Bot
 from bot.devcerts import DevCerts
-from emulator import Emulator, EmulatorConfig
-from emulator.server import AppRegistration
+from emulator import Emulator
 from media.frames import AudioFrame
-from tests.conftest import APP_ID, APP_SECRET, TENANT_ID, meeting, settings_for
+from tests.conftest import emulator_config, settings_for
 
 FRAMES = 150  # 3 s of audio
 
@@ -31,17 +30,7 @@ class Collect:
 
 
 async def test_ten_percent_loss_is_concealed_not_gapped(certs: DevCerts) -> None:
-    emulator = Emulator(
-        EmulatorConfig(
-            cert_file=certs.cert_file,
-            key_file=certs.key_file,
-            trust_file=certs.ca_file,
-            apps={APP_ID: AppRegistration(APP_ID, APP_SECRET, TENANT_ID)},
-            meetings=[meeting()],
-            media_loss_rate=0.10,
-            media_loss_seed=11,
-        )
-    )
+    emulator = Emulator(emulator_config(certs, media_loss_rate=0.10, media_loss_seed=11))
     await emulator.start()
     collect = Collect()
     bot = Bot(settings_for(emulator, certs), processors=lambda: [collect])
