@@ -71,6 +71,11 @@ async def _media_processor(request: web.Request) -> web.WebSocketResponse:
         await _handle(request, ws, stats)
     finally:
         request.app[CONNECTIONS].pop(ws, None)
+        if request.transport is not None:
+            # The WebSocket close handshake is done (or the peer is gone): end TLS here rather
+            # than leave a close_notify exchange pending that may outlive the media loop
+            # (uvloop then fails "Event loop is closed" at shutdown).
+            request.transport.abort()
     return ws
 
 
