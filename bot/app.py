@@ -32,7 +32,7 @@ from bot.settings import Settings
 from bot.webhook import WEBHOOK_PATH, create_app
 from media import MediaPlatform, MediaPlatformSettings
 from media.pipeline import AudioProcessor, EchoProcessor
-from media.session import MediaEvent
+from media.session import MediaEvent, MediaSessionOptions
 
 logger = logging.getLogger(__name__)
 
@@ -166,14 +166,18 @@ class Bot:
         media: Media = "app",
         guest_name: str | None = None,
         delta_roster: bool = False,
+        media_options: MediaSessionOptions | None = None,
     ) -> Call:
-        """Join a Teams meeting from its join URL. Raises GraphError, ValueError."""
+        """Join a Teams meeting from its join URL. Raises GraphError, ValueError.
+
+        media_options: unmixed audio (receive_unmixed_meeting_audio) and video sockets."""
         info = parse_join_url(join_url)
         return await self._create(
             self._meeting_body(info.chat_info(), info.meeting_info(), guest_name),
             info.tenant_id,
             media,
             delta_roster,
+            media_options,
         )
 
     async def join_by_meeting_id(
@@ -183,6 +187,7 @@ class Bot:
         *,
         media: Media = "app",
         guest_name: str | None = None,
+        media_options: MediaSessionOptions | None = None,
     ) -> Call:
         """Join with a meeting id and passcode (joinMeetingIdMeetingInfo)."""
         meeting_info: dict[str, Any] = {
@@ -192,7 +197,7 @@ class Bot:
         }
         chat = {"@odata.type": "#microsoft.graph.chatInfo", "threadId": None, "messageId": None}
         body = self._meeting_body(chat, meeting_info, guest_name)
-        return await self._create(body, self.settings.tenant_id, media, False)
+        return await self._create(body, self.settings.tenant_id, media, False, media_options)
 
     async def create_call(
         self,
@@ -200,6 +205,7 @@ class Bot:
         *,
         media: Media = "app",
         subject: str | None = None,
+        media_options: MediaSessionOptions | None = None,
     ) -> Call:
         """A peer-to-peer call (one target) or a group call (several): identity sets."""
         if not targets:
@@ -213,7 +219,7 @@ class Bot:
         }
         if subject is not None:
             body["subject"] = subject
-        return await self._create(body, self.settings.tenant_id, media, False)
+        return await self._create(body, self.settings.tenant_id, media, False, media_options)
 
     def _meeting_body(
         self, chat: dict[str, Any], meeting: dict[str, Any], guest_name: str | None
@@ -230,13 +236,19 @@ class Bot:
         return body
 
     async def _create(
-        self, body: dict[str, Any], tenant_id: str, media: Media, delta_roster: bool
+        self,
+        body: dict[str, Any],
+        tenant_id: str,
+        media: Media,
+        delta_roster: bool,
+        options: MediaSessionOptions | None = None,
     ) -> Call:
-        session = self.media.create_session(self._processors()) if media == "app" else None
+        options = options or MediaSessionOptions()
+        session = self.media.create_session(self._processors(), options) if media == "app" else None
         request: dict[str, Any] = {
             "@odata.type": "#microsoft.graph.call",
             "callbackUri": self.callback_url,
-            "requestedModalities": ["audio"],
+            "requestedModalities": options.modalities,
             "mediaConfig": shapes.app_hosted_media(session.blob())
             if session is not None
             else shapes.service_hosted_media(),
@@ -271,9 +283,9 @@ class Bot:
 
     # -- CallContext and Lifecycle (bot.call, bot.calls) --------------------------------------
 
-    def new_media_blob(self, call: Call) -> str:
+    def new_media_blob(self, call: Call, options: MediaSessionOptions | None = None) -> str:
         """A media session for an incoming call being answered with app-hosted media."""
-        session = self.media.create_session(self._processors())
+        session = self.media.create_session(self._processors(), options)
         call.media_session_id = session.id
         return session.blob(call.id)
 

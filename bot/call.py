@@ -17,6 +17,7 @@ from bot.graph import shapes
 from bot.graph.client import GraphClient
 from bot.operations import Operation
 from bot.participants import Participant, Roster, RosterUpdate, _context
+from media.session import MediaSessionOptions
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class CallContext(Protocol):
 
     callback_url: str
 
-    def new_media_blob(self, call: Call) -> str: ...
+    def new_media_blob(self, call: Call, options: MediaSessionOptions | None = None) -> str: ...
 
 
 class Call:
@@ -208,13 +209,15 @@ class Call:
         participant_capacity: int | None = None,
         delta_roster: bool = False,
         prefetch: list[tuple[str, str]] | None = None,
+        media_options: MediaSessionOptions | None = None,
     ) -> None:
+        """media_options: unmixed audio and video sockets for app-hosted media."""
         if self.context is None:
             raise RuntimeError("not attached to a bot")
         if self.decision is not None:
             raise DecisionError(f"Call({self.id}) was already {self.decision}")
         media_config = (
-            shapes.app_hosted_media(self.context.new_media_blob(self))
+            shapes.app_hosted_media(self.context.new_media_blob(self, media_options))
             if media == "app"
             else shapes.service_hosted_media(prefetch)
         )

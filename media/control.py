@@ -18,9 +18,21 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "welcome": ("mpMediaSessionId",),
     "offer": ("sdp",),
     "answer": ("sdp",),
+    "subscribe": ("resolution",),
+    "unsubscribe": (),
+    "videoSource": (),
+    "dominantSpeaker": (),
     "bye": (),
     "error": ("code",),
 }
+# Required whole-number fields: (name, nullable).
+_INTEGERS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "subscribe": (("socketId", False), ("msi", False)),
+    "unsubscribe": (("socketId", False),),
+    "videoSource": (("socketId", False), ("msi", True)),
+    "dominantSpeaker": (("msi", False),),
+}
+MAX_MSI = 0xFFFFFFFF
 
 
 class ControlError(ValueError):
@@ -49,7 +61,22 @@ def parse(text: str | bytes) -> dict[str, Any]:
     for name in _REQUIRED[kind]:
         if not isinstance(message.get(name), str) or not message[name]:
             raise ControlError("badMessage", f"{kind}: field {name!r} must be a non-empty string")
+    for name, nullable in _INTEGERS.get(kind, ()):
+        value = message.get(name)
+        if value is None and nullable and name in message:
+            continue
+        if not _is_uint32(value):
+            raise ControlError("badMessage", f"{kind}: field {name!r} must be an integer")
+    if kind == "dominantSpeaker":
+        history = message.get("history", [])
+        if not isinstance(history, list) or not all(_is_uint32(m) for m in history):
+            raise ControlError("badMessage", "dominantSpeaker: history must be a list of MSIs")
     return message
+
+
+def _is_uint32(value: object) -> bool:
+    # bool is an int in Python, and JSON true is not an MSI.
+    return type(value) is int and 0 <= value <= MAX_MSI
 
 
 def encode(kind: str, **fields: Any) -> str:

@@ -1,4 +1,4 @@
-"""aiortc glue: our audio receive path on a hooked RTCRtpReceiver, and the send track.
+"""aiortc glue: our audio receive path on a hooked RTCRtpReceiver (sending: media/sender.py).
 
 aiortc keeps ICE, DTLS, SRTP and SDP. Its stock audio receive path adds a fixed 80 ms jitter
 prefetch, drops CSRCs and queues decoded frames without bound (shared/reference/
@@ -12,36 +12,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
-from fractions import Fraction
+from typing import Protocol
 
 import av
 import numpy as np
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtp import RtpPacket
 
-from media.clock import Clock, to_ticks
-from media.codec import OPUS_RTP_RATE_HZ, RTP_TICKS_PER_FRAME, OpusDecoder, OpusEncoder
+from media.clock import TICKS_PER_SECOND, Clock, to_ticks
+from media.codec import OPUS_RTP_RATE_HZ, OpusDecoder
+from media.dtmf import DtmfError, ToneDetector
 from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
 from media.jitter import JitterBuffer, JitterStats, Release
-from media.network import NetworkSettings
-from media.network import apply as apply_network
-from media.ring import Ring
 
 logger = logging.getLogger(__name__)
 
-# A send-side allowance: RTP timestamps may lag real time by this many frames before they jump
-# forward (a talkspurt gap), so steady 50 fps output stays contiguous despite scheduling jitter.
-SEND_JITTER_ALLOWANCE_FRAMES = 3
-OPUS_TIME_BASE = Fraction(1, 48_000)
+TICKS_PER_FRAME = round(TICKS_PER_SECOND * AUDIO_FRAME_SECONDS)
+
+
+class FrameSink(Protocol):
+    def push(self, item: AudioFrame) -> None: ...
 
 
 @dataclass(slots=True)
@@ -53,6 +45,8 @@ class ReceiveStats:
     decode_errors: int = 0
     empty: int = 0
     stream_resets: int = 0
+    dtmf_packets: int = 0
+    tones: int = 0
 
 
 class AudioReceiver:
@@ -66,13 +60,20 @@ class AudioReceiver:
 
     def __init__(
         self,
-        ring: Ring[AudioFrame],
+        ring: FrameSink,
         clock: Clock,
         on_packet: Callable[[RtpPacket], None] | None = None,
+        on_tone: Callable[[str], None] | None = None,
     ) -> None:
-        """on_packet: sees every packet first (RTCP receiver statistics)."""
+        """on_packet: sees every packet first (RTCP receiver statistics). on_tone: a DTMF tone
+        arrived (once per RFC 4733 event)."""
         self._ring = ring
         self.on_packet = on_packet
+        self.on_tone = on_tone
+        self.dtmf_pt: int | None = None  # the negotiated telephone-event payload type
+        self._tones = ToneDetector()
+        self.rtcp_streams: dict[int, StreamStatistics] = {}
+        self._last_capture = 0
         self._clock = clock
         self._decoder = OpusDecoder()
         self._jitter = JitterBuffer()
@@ -87,6 +88,11 @@ class AudioReceiver:
     def jitter(self) -> JitterStats:
         return self._jitter.stats
 
+    @property
+    def packets_lost(self) -> int:
+        """RFC 3550 cumulative loss over this stream's senders (what our RRs report)."""
+        return sum(s.packets_lost for s in self.rtcp_streams.values())
+
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int = 0) -> None:
         """Replacement for RTCRtpReceiver._handle_rtp_packet (same signature, awaited inline)."""
         self.stats.packets += 1
@@ -99,14 +105,39 @@ class AudioReceiver:
         now = self._clock.now()
         before = self._jitter.stats.late + self._jitter.stats.duplicates
         releases = self._jitter.expire(now)
-        releases += self._jitter.add(
-            packet.sequence_number, packet.timestamp, packet.payload, tuple(packet.csrc), now
-        )
+        if packet.payload_type == self.dtmf_pt:
+            self._tone(packet)
+            # The event holds audio slots in the stream's sequence space: nothing to play.
+            releases += self._jitter.add(
+                packet.sequence_number, packet.timestamp, b"", (), now, audio=False
+            )
+        else:
+            capture = getattr(packet.extensions, "capture_ticks", None) or 0
+            releases += self._jitter.add(
+                packet.sequence_number,
+                packet.timestamp,
+                packet.payload,
+                tuple(packet.csrc),
+                now,
+                capture,
+            )
         self.stats.late_or_duplicate += (
             self._jitter.stats.late + self._jitter.stats.duplicates - before
         )
         self._play(releases)
         self._schedule()
+
+    def _tone(self, packet: RtpPacket) -> None:
+        self.stats.dtmf_packets += 1
+        try:
+            tone = self._tones.add(packet.timestamp, packet.payload)
+        except DtmfError:
+            self.stats.decode_errors += 1
+            return
+        if tone is not None:
+            self.stats.tones += 1
+            if self.on_tone is not None:
+                self.on_tone(tone)
 
     def expire(self) -> None:
         """The jitter buffer's wait for a missing packet is over (its timer, or a test)."""
@@ -132,8 +163,8 @@ class AudioReceiver:
     def _play(self, releases: list[Release]) -> None:
         for release in releases:
             if release.payload == b"":
-                # Padding-only RTP is legal: its slot passes in silence (an empty packet given
-                # to libopus would drain the decoder).
+                # Padding-only RTP is legal, and a telephone event holds slots too: the slot
+                # passes in silence (an empty packet given to libopus would drain the decoder).
                 self.stats.empty += 1
                 continue
             try:
@@ -148,9 +179,17 @@ class AudioReceiver:
                 self.stats.decode_errors += 1
                 logger.debug("AudioReceiver x undecodable packet %d: %s", release.seq, exc)
                 continue
-            self._push(chunks, release.csrc, concealed=release.payload is None)
+            concealed = release.payload is None
+            if concealed:
+                capture = self._last_capture + TICKS_PER_FRAME if self._last_capture else 0
+            else:
+                capture = release.capture_ticks
+            self._last_capture = capture
+            self._push(chunks, release.csrc, concealed, capture)
 
-    def _push(self, chunks: list[Pcm], speakers: tuple[int, ...], concealed: bool) -> None:
+    def _push(
+        self, chunks: list[Pcm], speakers: tuple[int, ...], concealed: bool, capture: int
+    ) -> None:
         if chunks:
             pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
             if self.stats.frames == 0 and pending.shape[0] % AUDIO_FRAME_SAMPLES:
@@ -175,93 +214,9 @@ class AudioReceiver:
                     is_silence=not speakers,
                     sequence=self._sequence,
                     concealed=concealed,
+                    original_sender_timestamp=capture,
                 )
             )
-
-
-class SendTrack(MediaStreamTrack):
-    """An aiortc audio track fed from the socket's send ring by the hot loop.
-
-    It hands aiortc ready Opus packets (aiortc's pre-encoded path, aiortc-internals.md section 2)
-    so the encoder is ours (media/codec.py) and runs on the codec executor, off the media loop.
-
-    recv() waits for the next frame without polling: the hot loop's push wakes it through
-    call_soon_threadsafe, but only while it is actually waiting (the `_armed` flag), so a busy
-    stream costs no cross-thread wake-ups.
-
-    RTP timestamps (via pts) stay contiguous while frames come at about real-time pace and jump
-    forward after the application was quiet, so the far end's jitter buffer sees real time.
-    """
-
-    kind = "audio"
-
-    def __init__(
-        self,
-        ring: Ring[AudioFrame],
-        loop: asyncio.AbstractEventLoop,
-        clock: Clock,
-        executor: Executor | None = None,
-    ) -> None:
-        super().__init__()
-        self._ring = ring
-        self._media_loop = loop
-        self._clock = clock
-        self._executor = executor
-        self._encoder = OpusEncoder()
-        self._wake = asyncio.Event()
-        self._armed = False
-        self._start: float | None = None
-        self._frame_index = 0
-        self.frames_sent = 0
-        ring.on_push = self._on_push
-
-    def _on_push(self) -> None:
-        if self._armed:
-            self._armed = False
-            self._media_loop.call_soon_threadsafe(self._wake.set)
-
-    async def recv(self) -> av.Packet:
-        while True:
-            frame = await self._next_frame()
-            payloads = await self._media_loop.run_in_executor(
-                self._executor, self._encoder.encode, frame.pcm
-            )
-            if payloads:
-                packet = av.Packet(payloads[0])
-                packet.pts = self._next_index() * RTP_TICKS_PER_FRAME
-                packet.time_base = OPUS_TIME_BASE
-                self.frames_sent += 1
-                return packet
-
-    async def _next_frame(self) -> AudioFrame:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            frame = self._ring.pop()
-            if frame is None:
-                self._wake.clear()
-                self._armed = True
-                frame = self._ring.pop()  # a push between pop() and arming must not be lost
-            if frame is not None:
-                self._armed = False
-                return frame
-            await self._wake.wait()
-
-    def _next_index(self) -> int:
-        """The frame's slot on the RTP timeline: contiguous, or real time minus the allowance."""
-        now = self._clock.now()
-        if self._start is None:
-            self._start = now
-            index = 0
-        else:
-            real = int((now - self._start) / AUDIO_FRAME_SECONDS)
-            index = max(self._frame_index + 1, real - SEND_JITTER_ALLOWANCE_FRAMES)
-        self._frame_index = index
-        return index
-
-    def stop(self) -> None:
-        super().stop()
-        self._media_loop.call_soon_threadsafe(self._wake.set)
 
 
 def receiver_statistics(rtp_receiver: RTCRtpReceiver) -> Callable[[RtpPacket], None]:
@@ -286,27 +241,12 @@ def new_peer_connection() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
-async def answer_audio_offer(
-    pc: RTCPeerConnection,
-    offer_sdp: str,
-    receiver: AudioReceiver,
-    send_track: SendTrack,
-    network: NetworkSettings | None = None,
-) -> str:
-    """Apply the MP's offer, hook the audio receiver, attach the send track; return the answer."""
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-    audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
-    if not audio:
-        raise ValueError("the offer has no audio m-line")
-    # Safe right after setRemoteDescription: receive() and RTP registration happen later, once
-    # DTLS connects (aiortc-internals.md section 1, option A).
-    rtp_receiver = audio[0].receiver
+def hook_receiver(rtp_receiver: RTCRtpReceiver, receiver: AudioReceiver) -> None:
+    """Route every decrypted packet of this m-line to our receiver.
+
+    Safe right after setRemoteDescription: receive() and RTP registration happen later, once
+    DTLS connects (aiortc-internals.md section 1, option A).
+    """
     rtp_receiver._handle_rtp_packet = receiver.handle_rtp  # type: ignore[method-assign]
     receiver.on_packet = receiver_statistics(rtp_receiver)
-    pc.addTrack(send_track)
-    if network is not None and network.changes_gathering:
-        # Before the answer: that is when candidates are gathered (media/network.py).
-        apply_network(pc, network)
-    answer = await pc.createAnswer()
-    await pc.setLocalDescription(answer)
-    return pc.localDescription.sdp
+    receiver.rtcp_streams = rtp_receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]

@@ -15,6 +15,15 @@ AUDIO_FRAME_SECONDS = AUDIO_FRAME_MS / 1000
 Pcm = npt.NDArray[np.int16]
 
 
+@dataclass(frozen=True, slots=True)
+class UnmixedAudioBuffer:
+    """One speaker's 20 ms in unmixed mode (graph-comms.md 4.4 UnmixedAudioBuffer)."""
+
+    msi: int  # ActiveSpeakerId: the speaker's audio media source id
+    pcm: Pcm
+    original_sender_timestamp: int = 0  # 100 ns ticks at the source; 0 if unknown
+
+
 @dataclass(slots=True)
 class AudioFrame:
     """20 ms of 16 kHz mono PCM16, as the Windows library's AudioMediaBuffer (Pcm16K).
@@ -29,6 +38,9 @@ class AudioFrame:
     is_silence: bool = False
     sequence: int = field(default=0)
     concealed: bool = False  # made up by the decoder's loss concealment (a lost packet)
+    # Unmixed mode: one buffer per current speaker (at most 4); `pcm` is then their sum.
+    unmixed: tuple[UnmixedAudioBuffer, ...] = ()
+    original_sender_timestamp: int = 0  # the sender's capture time (100 ns ticks), 0 if unknown
 
     def __post_init__(self) -> None:
         if self.pcm.dtype != np.int16 or self.pcm.shape != (AUDIO_FRAME_SAMPLES,):
@@ -40,3 +52,25 @@ class AudioFrame:
 
 def silence() -> Pcm:
     return np.zeros(AUDIO_FRAME_SAMPLES, dtype=np.int16)
+
+
+@dataclass(slots=True)
+class VideoFrame:
+    """One NV12 picture (graph-comms.md 4.5 VideoMediaBuffer): `data` holds `height` rows of Y
+    then `height / 2` rows of interleaved U and V, `width` bytes each (width * height * 1.5)."""
+
+    data: npt.NDArray[np.uint8]
+    width: int
+    height: int
+    timestamp: int  # 100 ns ticks: arrival on receive, capture time on send
+    msi: int | None = None  # the participant shown (MediaSourceId); set on receive
+    socket_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ValueError(f"NV12 needs an even, positive size, got {self.width}x{self.height}")
+        if self.data.size != self.width * self.height * 3 // 2:
+            raise ValueError(
+                f"NV12 {self.width}x{self.height} needs {self.width * self.height * 3 // 2} "
+                f"bytes, got {self.data.size}"
+            )

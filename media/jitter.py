@@ -28,6 +28,7 @@ class Release:
     seq: int
     payload: bytes | None
     csrc: tuple[int, ...]
+    capture_ticks: int = 0  # the sender's capture time (abs-capture-time), 0 if unknown
 
 
 @dataclass(slots=True)
@@ -49,7 +50,7 @@ class JitterBuffer:
     stats: JitterStats = field(default_factory=JitterStats)
     _next: int | None = None  # extended sequence number of the next slot to release
     _highest: int | None = None
-    _held: dict[int, tuple[bytes, tuple[int, ...]]] = field(default_factory=dict)
+    _held: dict[int, tuple[bytes, tuple[int, ...], int]] = field(default_factory=dict)
     _deadline: float | None = None
     _last_csrc: tuple[int, ...] = ()
     _transit: float | None = None
@@ -60,10 +61,20 @@ class JitterBuffer:
         return self._deadline
 
     def add(
-        self, seq: int, rtp_timestamp: int, payload: bytes, csrc: tuple[int, ...], now: float
+        self,
+        seq: int,
+        rtp_timestamp: int,
+        payload: bytes,
+        csrc: tuple[int, ...],
+        now: float,
+        capture_ticks: int = 0,
+        audio: bool = True,
     ) -> list[Release]:
+        """audio=False: a packet that holds a slot but plays nothing (an RFC 4733 event, whose
+        timestamp is its event's start, so it says nothing about transit jitter)."""
         ext = self._extend(seq)
-        self._measure_jitter(rtp_timestamp, now)
+        if audio:
+            self._measure_jitter(rtp_timestamp, now)
         if self._next is None or ext - self._next > RESET_GAP or self._next - ext > RESET_GAP:
             if self._next is not None:
                 self.stats.resets += 1
@@ -76,7 +87,7 @@ class JitterBuffer:
         if ext in self._held:
             self.stats.duplicates += 1
             return []
-        self._held[ext] = (payload, csrc)
+        self._held[ext] = (payload, csrc, capture_ticks)
         out = self._release_run()
         self._arm(now)
         return out
@@ -104,8 +115,8 @@ class JitterBuffer:
         out: list[Release] = []
         assert self._next is not None
         while self._next in self._held:
-            payload, csrc = self._held.pop(self._next)
-            out.append(Release(self._next, payload, csrc))
+            payload, csrc, capture = self._held.pop(self._next)
+            out.append(Release(self._next, payload, csrc, capture))
             self._last_csrc = csrc
             self._next += 1
             self.stats.released += 1

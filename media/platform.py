@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from media.clock import Clock, MonotonicClock
+from media.health import HealthChange, LateTickShare, PlatformHealth, PlatformOverloadedError
 from media.network import NetworkSettings
 from media.pipeline.hotloop import HotLoop
 from media.pipeline.processor import AudioProcessor
 from media.server import ControlStats, close_all, create_app
-from media.session import LocalMediaSession, MediaEvent
+from media.session import LocalMediaSession, MediaEvent, MediaSessionOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ async def _drain(loop: asyncio.AbstractEventLoop) -> None:
 
 class MediaPlatformError(Exception):
     """The media platform could not start or do what was asked."""
+
+
+class MediaPlatformOverloadedError(MediaPlatformError, PlatformOverloadedError):
+    """The machine is overloaded: no new sessions (the library's "overloaded" exception)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,9 @@ class MediaPlatform:
         settings: MediaPlatformSettings,
         on_event: Callable[[MediaEvent], None] | None = None,
         clock: Clock | None = None,
+        on_health: Callable[[HealthChange], None] | None = None,
     ) -> None:
+        """on_health runs on the media thread: hand off, do not block."""
         self.settings = settings
         self.clock = clock or MonotonicClock()
         try:
@@ -88,6 +95,13 @@ class MediaPlatform:
             raise MediaPlatformError(f"media network settings: {exc}") from exc
         self.control_stats = ControlStats()
         self.hot_loop = HotLoop(self.clock)
+        # MediaPlatformHealthChanged (graph-comms.md 4.2): sampled on the media loop.
+        self.health = PlatformHealth(
+            self.clock,
+            on_change=on_health,
+            late_tick_share=LateTickShare(self.hot_loop.stats),
+            overloaded_error=MediaPlatformOverloadedError,
+        )
         # Encoders run here, off the media loop (libopus releases the GIL while it works).
         self._codec_executor = concurrent.futures.ThreadPoolExecutor(2, "codec")
         self._on_event = on_event or (lambda event: None)
@@ -141,11 +155,13 @@ class MediaPlatform:
         )
         await site.start()
         self.bound_port = int(self._runner.addresses[0][1])
+        self.health.attach(asyncio.get_running_loop())
         logger.info("MediaPlatform listening on %s:%d", s.bind_host, self.bound_port)
 
     def stop(self) -> None:
         """Close every session, stop the endpoint, the media thread and the hot loop."""
         self.hot_loop.stop()
+        self.health.detach()
         loop, thread = self._loop, self._thread
         try:
             if loop is not None and loop.is_running():
@@ -177,16 +193,20 @@ class MediaPlatform:
         return f"wss://{self.settings.service_fqdn}:{port}"
 
     def create_session(
-        self, processors: list[AudioProcessor] | None = None, receive_unmixed: bool = False
+        self,
+        processors: list[AudioProcessor] | None = None,
+        options: MediaSessionOptions | None = None,
     ) -> LocalMediaSession:
-        """Thread-safe. The processors run on the hot loop over the session's audio."""
+        """Thread-safe. The processors run on the hot loop over the session's audio.
+        Raises MediaPlatformOverloadedError while the machine is overloaded."""
         if not self.bound_port:
             raise MediaPlatformError("the media platform is not started")
+        self.health.check_can_create_session()
         session = LocalMediaSession(
             self.mp_uri_base,
             self.clock,
             self._emit,
-            receive_unmixed,
+            options,
             self._codec_executor,
             self.network,
         )

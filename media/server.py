@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -20,6 +21,7 @@ from media.session import LocalMediaSession
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_SECONDS = 10.0
+OUTBOX_MESSAGES = 256  # control messages to the MP waiting to be written
 CLOSE_TIMEOUT_SECONDS = 2.0  # waiting for the peer's close frame; aiohttp's default is 10 s
 
 
@@ -28,6 +30,7 @@ class ControlStats:
     connections: int = 0
     rejected: int = 0
     bad_messages: int = 0
+    dropped_outgoing: int = 0
 
 
 class SessionDirectory(Protocol):
@@ -133,6 +136,22 @@ async def _serve(
     ws: web.WebSocketResponse, session: LocalMediaSession, stats: ControlStats
 ) -> None:
     reason = "media processor disconnected"
+    outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_MESSAGES)
+
+    def send(message: dict[str, Any]) -> None:
+        # Bounded: a processor that stops reading loses the newest requests, counted.
+        try:
+            outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+        except asyncio.QueueFull:
+            stats.dropped_outgoing += 1
+
+    async def pump() -> None:
+        while True:
+            text = await outbox.get()
+            await ws.send_str(text)
+
+    session.attach_control(send)
+    pumping = asyncio.create_task(pump())
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -147,6 +166,11 @@ async def _serve(
                 elif message["type"] == "bye":
                     reason = str(message.get("reason", "bye"))
                     break
+                elif message["type"] in ("dominantSpeaker", "videoSource"):
+                    try:
+                        session.handle_control(message)
+                    except ValueError as exc:
+                        raise control.ControlError("badMessage", str(exc)) from None
                 else:
                     raise control.ControlError("badState", f"unexpected {message['type']}")
             except control.ControlError as exc:
@@ -157,6 +181,8 @@ async def _serve(
                 logger.info("MediaControl x bad offer: %r", exc)
                 await ws.send_str(control.error("badOffer", f"{type(exc).__name__}: {exc}"))
     finally:
+        pumping.cancel()
+        await asyncio.gather(pumping, return_exceptions=True)
         await session.close(reason)
         if not ws.closed:
             await ws.close()

@@ -1,16 +1,13 @@
-"""Our receive path (decode, CSRC tags, ordering) and the send track's RTP timeline."""
+"""Our receive path: decode, CSRC tags, ordering, telephone events, capture times."""
 
 from __future__ import annotations
 
-import asyncio
-
-import numpy as np
 from aiortc.rtp import RtpPacket
 
 from emulator.signal import VoiceLikeSignal
 from media.clock import FakeClock
 from media.codec import OpusEncoder
-from media.engine import AudioReceiver, SendTrack
+from media.engine import AudioReceiver
 from media.frames import AudioFrame
 from media.ring import Ring
 
@@ -71,37 +68,6 @@ async def test_a_lost_packet_is_concealed_with_the_speakers_of_the_last_one() ->
     assert [f.concealed for f in frames] == [False, True, False, False]
     assert all(f.active_speakers == (0x42,) for f in frames)
     assert receiver.stats.concealed == 1
-
-
-async def test_send_track_rtp_timeline_follows_real_time() -> None:
-    clock = FakeClock()
-    ring: Ring[AudioFrame] = Ring(16)
-    track = SendTrack(ring, asyncio.get_running_loop(), clock)
-    pcm = np.zeros(320, np.int16)
-    pts = []
-    for step in [0.0, 0.02, 0.02, 0.02, 1.0, 0.0, 0.0, 0.02]:
-        clock.advance(step)
-        ring.push(AudioFrame(pcm, timestamp=0))
-        packet = await track.recv()
-        assert packet.pts is not None
-        pts.append(packet.pts // 960)
-    # Contiguous at real-time pace; after 1 s of silence it jumps to real time less the
-    # 3-frame allowance; a burst stays contiguous.
-    assert pts == [0, 1, 2, 3, 50, 51, 52, 53]
-    track.stop()
-
-
-async def test_send_track_wakes_when_the_hot_loop_pushes() -> None:
-    ring: Ring[AudioFrame] = Ring(16)
-    track = SendTrack(ring, asyncio.get_running_loop(), FakeClock())
-    waiting = asyncio.ensure_future(track.recv())
-    await asyncio.sleep(0)  # let recv() arm itself
-    assert not waiting.done()
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, ring.push, AudioFrame(np.zeros(320, np.int16), timestamp=0))
-    packet = await asyncio.wait_for(waiting, 5)
-    assert packet.pts == 0
-    track.stop()
 
 
 async def test_an_empty_packet_does_not_stop_decoding() -> None:
