@@ -1,5 +1,8 @@
 """Opus for 20 ms 16 kHz mono frames (RFC 7587: the RTP clock is always 48 kHz).
 
+libopus is called directly where it can be loaded (media/opus.py: no resampler, FEC); these av
+classes are the fallback.
+
 The encoder runs libopus in "lowdelay" (CELT-only) mode: in "voip" mode libopus picks SILK for
 8 kHz-wide speech, which keeps intelligibility but not the waveform (a round trip correlated
 0.79 against 0.999 for CELT here), and CELT's algorithmic delay is 2.5 ms against 6.5 ms.
@@ -7,9 +10,12 @@ The encoder runs libopus in "lowdelay" (CELT-only) mode: in "voip" mode libopus 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import av
 import numpy as np
 
+from media import opus
 from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE_HZ, Pcm
 
 OPUS_RTP_RATE_HZ = 48_000
@@ -17,8 +23,9 @@ RTP_TICKS_PER_FRAME = OPUS_RTP_RATE_HZ * AUDIO_FRAME_SAMPLES // AUDIO_SAMPLE_RAT
 DEFAULT_BITRATE_BPS = 40_000
 
 
-class OpusEncoder:
-    """One stream's encoder. Stateful: one stream's frames, in order, one thread at a time."""
+class AvOpusEncoder:
+    """One stream's encoder through av (where libopus cannot be loaded directly). Stateful:
+    one stream's frames, in order, one thread at a time."""
 
     def __init__(self, bitrate_bps: int = DEFAULT_BITRATE_BPS) -> None:
         ctx = av.CodecContext.create("libopus", "w")
@@ -38,8 +45,9 @@ class OpusEncoder:
         return [bytes(packet) for packet in self._ctx.encode(frame)]
 
 
-class OpusDecoder:
-    """Opus packets to 16 kHz mono PCM, in whatever chunk sizes libopus and the resampler give.
+class AvOpusDecoder:
+    """Opus packets through av (where libopus cannot be loaded directly) to 16 kHz mono PCM,
+    in whatever chunk sizes libopus and the resampler give.
 
     FFmpeg's libopus decoder always outputs 48 kHz. Decoding to stereo and letting swresample
     downmix keeps the level: a mono decode of a stereo stream costs 3 dB (measured 0.71x).
@@ -63,6 +71,10 @@ class OpusDecoder:
         toc = last_payload[0] if last_payload else 0x78  # CELT FB 20 ms if nothing came yet
         return self.decode(bytes([toc & 0xFC]))
 
+    def recover(self, next_payload: bytes) -> list[Pcm]:
+        """No FEC through av: conceal instead."""
+        return self.conceal(next_payload)
+
     def decode(self, payload: bytes) -> list[Pcm]:
         """Raises av.FFmpegError or ValueError for a packet libopus cannot take."""
         return [
@@ -70,3 +82,27 @@ class OpusDecoder:
             for raw in self._ctx.decode(av.Packet(payload))
             for out in self._resampler.resample(raw)
         ]
+
+
+class Encoder(Protocol):
+    def encode(self, pcm: Pcm) -> list[bytes]: ...
+
+
+class Decoder(Protocol):
+    def decode(self, payload: bytes) -> list[Pcm]: ...
+    def conceal(self, last_payload: bytes | None) -> list[Pcm]: ...
+    def recover(self, next_payload: bytes) -> list[Pcm]: ...
+
+
+def OpusEncoder(bitrate_bps: int = DEFAULT_BITRATE_BPS) -> Encoder:  # noqa: N802 - a factory
+    """CELT ("restricted low delay") at 16 kHz: libopus directly, or av where it cannot load."""
+    if opus.load() is not None:
+        return opus.NativeOpusEncoder(bitrate_bps)
+    return AvOpusEncoder(bitrate_bps)
+
+
+def OpusDecoder() -> Decoder:  # noqa: N802 - a factory
+    """16 kHz mono with PLC and FEC: libopus directly, or av (PLC only) where it cannot load."""
+    if opus.load() is not None:
+        return opus.NativeOpusDecoder()
+    return AvOpusDecoder()

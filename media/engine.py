@@ -26,6 +26,7 @@ from media.codec import OPUS_RTP_RATE_HZ, OpusDecoder
 from media.dtmf import DtmfError, ToneDetector
 from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
 from media.jitter import JitterBuffer, JitterStats, Release
+from media.opus import has_fec
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ReceiveStats:
     stream_resets: int = 0
     dtmf_packets: int = 0
     tones: int = 0
+    recovered: int = 0  # lost frames rebuilt from the next packet's in-band FEC
 
 
 class AudioReceiver:
@@ -161,7 +163,7 @@ class AudioReceiver:
             self._timer = None
 
     def _play(self, releases: list[Release]) -> None:
-        for release in releases:
+        for i, release in enumerate(releases):
             if release.payload == b"":
                 # Padding-only RTP is legal, and a telephone event holds slots too: the slot
                 # passes in silence (an empty packet given to libopus would drain the decoder).
@@ -169,11 +171,18 @@ class AudioReceiver:
                 continue
             try:
                 if release.payload is None:
-                    chunks = self._decoder.conceal(self._last_payload)
+                    following = releases[i + 1].payload if i + 1 < len(releases) else None
+                    if following and has_fec(following):
+                        # The next packet is here and carries this frame's in-band FEC
+                        # (RFC 6716 2.1.7): better than concealment (13 vs 6 dB SNR, E3).
+                        chunks = self._decoder.recover(following)
+                        self.stats.recovered += 1
+                    else:
+                        chunks = self._decoder.conceal(self._last_payload)
                 else:
                     chunks = self._decoder.decode(release.payload)
                     self._last_payload = release.payload
-            except (av.FFmpegError, ValueError) as exc:
+            except (av.FFmpegError, ValueError) as exc:  # OpusError is a ValueError
                 if isinstance(exc, EOFError):
                     self._decoder = OpusDecoder()  # drained: only a fresh decoder decodes again
                 self.stats.decode_errors += 1
