@@ -32,7 +32,7 @@ from bot.settings import Settings
 from bot.webhook import WEBHOOK_PATH, create_app
 from media import MediaPlatform, MediaPlatformSettings
 from media.pipeline import AudioProcessor, EchoProcessor
-from media.session import MediaEvent, MediaSessionOptions
+from media.session import LocalMediaSession, MediaEvent, MediaSessionOptions
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class Bot:
         )
         # Recent media-session events, for status and diagnostics (bounded: a service runs long).
         self.media_events: deque[MediaEvent] = deque(maxlen=MEDIA_EVENT_HISTORY)
+        self._media_waiters: list[
+            tuple[Callable[[MediaEvent], bool], asyncio.Future[MediaEvent]]
+        ] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -319,7 +322,41 @@ class Bot:
     def _media_event_threadsafe(self, event: MediaEvent) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.media_events.append, event)
+            loop.call_soon_threadsafe(self._media_event, event)
+
+    def _media_event(self, event: MediaEvent) -> None:
+        self.media_events.append(event)
+        waiters, self._media_waiters = self._media_waiters, []
+        for predicate, future in waiters:
+            if future.done():
+                continue
+            try:
+                matched = predicate(event)
+            except Exception as exc:  # the caller's predicate: its error is the caller's
+                future.set_exception(exc)
+                continue
+            if matched:
+                future.set_result(event)
+            else:
+                self._media_waiters.append((predicate, future))
+
+    def media_session(self, call: Call) -> LocalMediaSession | None:
+        """The call's app-hosted media: its audio socket, video sockets, send_dtmf()."""
+        if call.media_session_id is None:
+            return None
+        return self.media.session(call.media_session_id)
+
+    async def wait_media_event(
+        self, predicate: Callable[[MediaEvent], bool], within_seconds: float
+    ) -> MediaEvent:
+        """The next media event (tone, dominant speaker, video status...) that matches, from
+        now on. Raises TimeoutError."""
+        future: asyncio.Future[MediaEvent] = asyncio.get_running_loop().create_future()
+        self._media_waiters.append((predicate, future))
+        try:
+            return await asyncio.wait_for(future, within_seconds)
+        finally:
+            self._media_waiters = [w for w in self._media_waiters if w[1] is not future]
 
 
 __all__ = ["Bot", "JoinInfo"]

@@ -24,14 +24,19 @@ MAX_LAG_SECONDS = 1.0
 
 @dataclass
 class Recording:
-    """Frames with the monotonic time each was sent (or arrived)."""
+    """Frames with the monotonic time each was sent (or arrived). With max_frames, only about
+    the last max_frames are kept (trimmed in batches of a tenth, so adding stays cheap)."""
 
     times: list[float] = field(default_factory=list)
     frames: list[npt.NDArray[np.int16]] = field(default_factory=list)
+    max_frames: int | None = None
 
     def add(self, t: float, pcm: npt.NDArray[np.int16]) -> None:
         self.times.append(t)
         self.frames.append(pcm)
+        if self.max_frames is not None and len(self.frames) > self.max_frames * 11 // 10:
+            del self.times[: -self.max_frames]
+            del self.frames[: -self.max_frames]
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -93,7 +93,8 @@ class EmulatedCall:
     scenario_id: str
     media: dict[str, Any] | None = None
     meeting: Meeting | None = None
-    speaker: ParticipantScript | None = None  # who talks to the bot on the media link
+    # Who is on the media link (all scripted participants; a P2P or incoming call has one).
+    scripts: list[ParticipantScript] = field(default_factory=list)
     my_participant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     chain_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     state: str = "establishing"
@@ -117,6 +118,11 @@ class EmulatedCall:
     sender: asyncio.Task[None] | None = None
     last_request: float = 0.0
     ending: bool = False
+
+    @property
+    def speaker(self) -> ParticipantScript | None:
+        """The first participant: the one whose echo the demo measures."""
+        return self.scripts[0] if self.scripts else None
 
     @property
     def url(self) -> str:
@@ -280,7 +286,7 @@ async def establish(emulator: Emulator, call: EmulatedCall) -> None:
 
 async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
     blob = media_blob(call.media)
-    if blob is None or call.speaker is None:
+    if blob is None or not call.scripts:
         return False
     try:
         call.link = MediaProcessorLink(
@@ -288,8 +294,9 @@ async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
             emulator.client_ssl,
             emulator.config.media_loss_rate,
             emulator.config.media_loss_seed,
+            light=emulator.config.media_light,
         )
-        await call.link.connect(call.speaker, emulator.config.media_connect_timeout_seconds)
+        await call.link.connect(call.scripts, emulator.config.media_connect_timeout_seconds)
     except MediaProcessorError as exc:
         logger.info("Call(%s) media failed: %s", call.id, exc)
         return False

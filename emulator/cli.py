@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cert", help="PEM certificate chain (default: a throwaway local CA)")
     serve.add_argument("--key", help="PEM private key for --cert")
     serve.add_argument("--trust", help="CA bundle to trust for the bot's webhook and media")
+    serve.add_argument(
+        "--media-light",
+        action="store_true",
+        help="load-generator media: pre-encoded participant audio, the bot's audio only counted",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     return asyncio.run(_serve(args))
@@ -55,6 +60,7 @@ async def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             apps={DEFAULT_APP_ID: AppRegistration(DEFAULT_APP_ID, DEFAULT_SECRET, DEFAULT_TENANT)},
             meetings=[meeting],
+            media_light=args.media_light,
         )
     )
     await emulator.start()

@@ -157,9 +157,10 @@ def build_call(
         for script in plan.meeting.participants:
             call.roster.add(from_script(script))
     for identity in plan.targets:
-        call.roster.add_identity(identity, call.tenant_id)
+        # The first target talks (a P2P call's other side); further group-call targets listen.
+        call.roster.add_identity(identity, call.tenant_id, talks=not call.roster.participants)
     others = list(call.roster.participants.values())
-    call.speaker = others[0].script if others else None
+    call.scripts = [p.script for p in others if p.script is not None]
     bot = call.roster.add(bot_participant(call, body.get("source")))
     call.fields["source"] = body.get("source") or {
         "@odata.type": "#microsoft.graph.participantInfo",

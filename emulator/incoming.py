@@ -68,7 +68,7 @@ def create_incoming(emulator: Emulator, body: dict[str, Any]) -> EmulatedCall:
         request={"requestedModalities": ["audio"]},
         scenario_id=str(uuid.uuid4()),
         state="incoming",
-        speaker=script,
+        scripts=[script],
     )
     caller = call.roster.add(from_script(script))
     call.roster.add(bot_participant(call, None))

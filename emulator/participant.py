@@ -1,35 +1,41 @@
-"""Scripted meeting participants and the aiortc tracks that carry their voices."""
+"""Scripted meeting participants: who they are, when they talk, what camera and screen they show."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass, field
-from fractions import Fraction
 
-import av
-from aiortc import MediaStreamTrack
-from aiortc.mediastreams import MediaStreamError
-
-from emulator.analysis import Recording
-from emulator.codec import ParticipantEncoder
-from emulator.signal import FRAME_SAMPLES, RATE_HZ, VoiceLikeSignal
-
-FRAME_SECONDS = FRAME_SAMPLES / RATE_HZ
-RTP_TICKS_PER_FRAME = 960  # Opus RTP runs a 48 kHz clock (RFC 7587 section 4.1)
-RTP_TIME_BASE = Fraction(1, 48_000)
+Talk = tuple[tuple[float, float], ...]
 
 
 @dataclass
 class ParticipantScript:
-    """Who joins the emulated meeting and what they say (a seeded voice-like signal for now)."""
+    """Who joins the emulated meeting and what they do on the media link.
+
+    talk: talk spurts as (start, end) seconds from the link's media start, start inclusive, end
+    exclusive; None talks the whole time, () never. Outside its spurts a participant sends
+    silence and is not audible (no CSRC, no unmixed stream). The voice is a seeded voice-like
+    signal (emulator/signal.py), generated whether or not the participant is talking, so a spurt
+    cuts a window out of the same signal.
+    video_msi / camera: the MSI of its camera's video stream (None: camera off) and the camera's
+    largest resolution; screen_msi: the MSI of its screen share (videoBasedScreenSharing).
+    """
 
     display_name: str
     user_id: str
     msi: int  # media source id of the participant's audio stream (roster mediaStreams.sourceId)
     participant_id: str
     seed: int = 1
+    talk: Talk | None = None
+    video_msi: int | None = None
+    camera: tuple[int, int] = (1280, 720)
+    screen_msi: int | None = None
+
+    def talking(self, media_seconds: float) -> bool:
+        """Does the participant talk at this time (seconds from the link's media start)?"""
+        if self.talk is None:
+            return True
+        return any(start <= media_seconds < end for start, end in self.talk)
 
 
 @dataclass
@@ -63,44 +69,3 @@ def demo_meeting(tenant_id: str) -> Meeting:
             )
         ],
     )
-
-
-class VoiceTrack(MediaStreamTrack):
-    """A participant's microphone: one 20 ms Opus packet per 20 ms of the wall clock.
-
-    Pacing a real-time source by the clock is the one place a sleep belongs: it is the source's
-    rate, not a wait for some event. Every frame handed to aiortc is recorded with its time.
-    """
-
-    kind = "audio"
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        self._signal = VoiceLikeSignal(seed)
-        self._encoder = ParticipantEncoder()
-        self._start: float | None = None
-        self._index = 0
-        self.sent = Recording()
-
-    async def recv(self) -> av.Packet:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            now = time.monotonic()
-            if self._start is None:
-                self._start = now
-            due = self._start + self._index * FRAME_SECONDS
-            if due > now:
-                await asyncio.sleep(due - now)
-            pcm = self._signal.next_frame()
-            payload = self._encoder.encode(pcm)
-            index = self._index
-            self._index += 1
-            if payload is None:
-                continue
-            # Handed to aiortc pre-encoded: its pack() path takes the RTP timestamp from pts.
-            packet = av.Packet(payload)
-            packet.pts = index * RTP_TICKS_PER_FRAME
-            packet.time_base = RTP_TIME_BASE
-            self.sent.add(time.monotonic(), pcm)
-            return packet

@@ -83,7 +83,15 @@ async def invite(
     async def join() -> None:
         await asyncio.sleep(scaled(emulator, INVITE_SECONDS))
         finish_operation(emulator, call, operation, "completed", None)
-        added = [call.roster.add_identity(identity, call.tenant_id) for identity in identities]
+        added = [
+            call.roster.add_identity(identity, call.tenant_id, talks=False)
+            for identity in identities
+        ]
+        for participant in added:
+            if participant.script is not None:
+                call.scripts.append(participant.script)
+                if call.link is not None:
+                    call.link.add_participant(participant.script)
         publish_roster(emulator, call, added)
 
     spawn(call, join())
@@ -101,6 +109,8 @@ async def mute(
     operation = add_operation(call, "muteParticipantOperation", client_context(body))
     operation.status = "completed"
     participant.is_muted = True
+    if call.link is not None and participant.script is not None:
+        call.link.set_muted(participant.script.msi, True)
     publish_roster(emulator, call, [participant])
     return operation_response(emulator, call, operation)
 
@@ -116,5 +126,9 @@ async def remove(
     removed = call.roster.remove(participant_id, REMOVED_BY_APP)
     if removed is None:
         return not_found("Participant not found.")
+    if removed.script is not None:
+        call.scripts = [s for s in call.scripts if s.msi != removed.script.msi]
+        if call.link is not None:
+            call.link.remove_participant(removed.script.msi)
     publish_roster(emulator, call, [removed])
     return web.Response(status=204)

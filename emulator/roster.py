@@ -95,10 +95,22 @@ class EmulatedParticipant:
 
 
 def from_script(script: ParticipantScript) -> EmulatedParticipant:
+    """A scripted participant's roster entry: its audio, and its camera and screen share when it
+    has them, each with its own MSI. A camera that is on is a sendReceive main-video stream (as
+    the large gallery entry below); a screen share is the sharer's sendOnly
+    videoBasedScreenSharing stream labelled applicationsharing-video (graph-comms.md: mediaStream
+    labels, and 4.9 "subscribe the participant whose VBSS stream is sendOnly")."""
     identity = {"user": {"id": script.user_id, "displayName": script.display_name}}
-    return EmulatedParticipant(
-        script.participant_id, identity, [audio_stream(script.msi)], script=script
-    )
+    streams = [audio_stream(script.msi)]
+    if script.video_msi is not None:
+        streams.append(media_stream("video", "main-video", script.video_msi, "sendReceive"))
+    if script.screen_msi is not None:
+        streams.append(
+            media_stream(
+                "videoBasedScreenSharing", "applicationsharing-video", script.screen_msi, "sendOnly"
+            )
+        )
+    return EmulatedParticipant(script.participant_id, identity, streams, script=script)
 
 
 class Roster:
@@ -117,8 +129,11 @@ class Roster:
         self.participants[participant.id] = participant
         return participant
 
-    def add_identity(self, identity: dict[str, Any], tenant_id: str) -> EmulatedParticipant:
-        """Someone who joins from an invitation or a call target: a fresh id, MSI and script."""
+    def add_identity(
+        self, identity: dict[str, Any], tenant_id: str, talks: bool = True
+    ) -> EmulatedParticipant:
+        """Someone who joins from an invitation or a call target: a fresh id, MSI and script.
+        talks: whether the script talks the whole time or stays silent."""
         identity = {k: v for k, v in identity.items() if not k.startswith("@") and v is not None}
         for value in identity.values():
             if isinstance(value, dict):
@@ -131,6 +146,7 @@ class Roster:
             msi=msi,
             participant_id=participant.id,
             seed=msi,
+            talk=None if talks else (),
         )
         return self.add(participant)
 

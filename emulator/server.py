@@ -56,6 +56,9 @@ class EmulatorConfig:
     time_scale: float = 1.0
     media_loss_rate: float = 0.0  # RTP to the bot dropped at random (seeded)
     media_loss_seed: int = 1
+    # Load-generator mode (emulator/mpaudio.py): pre-encoded participant audio from a per-seed
+    # cache, and the bot's audio only counted (MediaProcessorLink.heard_arrivals), not decoded.
+    media_light: bool = False
     # Users (identity ids) who decline a transfer to them (call-transfer.md failure path).
     declining_users: set[str] = field(default_factory=set)
 

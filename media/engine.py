@@ -17,7 +17,7 @@ from typing import Protocol
 
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtp import RtpPacket
 
@@ -247,7 +247,11 @@ def receiver_statistics(rtp_receiver: RTCRtpReceiver) -> Callable[[RtpPacket], N
 
 def new_peer_connection() -> RTCPeerConnection:
     # iceServers=[]: otherwise aiortc falls back to a public STUN server (verified-facts.md).
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    # max-bundle: every m-line on one transport. With aiortc's default (balanced) the later
+    # video m-lines keep transports that BUNDLE then stops, and never receive.
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
 
 
 def hook_receiver(rtp_receiver: RTCRtpReceiver, receiver: AudioReceiver) -> None:

@@ -21,7 +21,7 @@ class Ring(Generic[T]):
     wake an awaiting consumer. It must be cheap and must not raise.
     """
 
-    def __init__(self, capacity: int, on_push: Callable[[], None] | None = None) -> None:
+    def __init__(self, capacity: int, on_push: Callable[[], object] | None = None) -> None:
         if capacity < 1:
             raise ValueError("ring capacity must be at least 1")
         self.capacity = capacity

@@ -43,7 +43,7 @@ def test_celt_round_trip_keeps_the_waveform() -> None:
     assert got.shape == (100 * 320,)  # 16 kHz out of the box: no resampler, no padding
     # CELT's 2.5 ms algorithmic delay (40 samples at 16 kHz) is in the output.
     reference = np.concatenate(sent)
-    lag = max(range(80), key=lambda k: float(np.dot(reference[: -80], got[k : k - 80])))
+    lag = max(range(80), key=lambda k: float(np.dot(reference[:-80], got[k : k - 80])))
     assert 30 <= lag <= 50
     assert np.corrcoef(reference[:-80], got[lag : lag - 80])[0, 1] > 0.98
 
