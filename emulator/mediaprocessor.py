@@ -451,6 +451,15 @@ class MediaProcessorLink:
         except MediaStreamError:
             return
 
+    async def request_key_frame(self, socket_id: int) -> None:
+        """Ask the bot for a key frame on a socket it sends on (RTCP PLI, RFC 4585 6.3.1)."""
+        socket = self.video_sockets[socket_id]
+        if socket.transceiver is None or not socket.bot_sends:
+            raise ValueError(f"the bot does not send on video socket {socket_id}")
+        receiver = socket.transceiver.receiver
+        for ssrc in list(receiver._RTCRtpReceiver__active_ssrc):  # type: ignore[attr-defined]
+            await receiver._send_rtcp_pli(ssrc)
+
     async def _watch_video(self, socket: VideoSocket, track: MediaStreamTrack) -> None:
         """Decode and count the video the bot sends on a socket (its queue must not grow)."""
         try:
@@ -459,6 +468,7 @@ class MediaProcessorLink:
                 assert isinstance(frame, av.VideoFrame)
                 socket.frames_received += 1
                 socket.size_received = (frame.width, frame.height)
+                socket.received.set()
         except MediaStreamError:
             return
 

@@ -9,6 +9,7 @@ transport's _send_rtp recognises the m-line's SSRCs (media and RTX).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ class VideoSocket:
     frames_received: int = 0  # video the bot sent on this socket, decoded by the MP
     size_received: tuple[int, int] | None = None
     ssrcs: set[int] = field(default_factory=set)
+    received: asyncio.Event = field(default_factory=asyncio.Event)  # set on each frame from the bot
 
     @property
     def mp_direction(self) -> str:

@@ -24,10 +24,16 @@ from emulator import Emulator
 from emulator.participant import Meeting, ParticipantScript
 from emulator.video import decode_pattern
 from media.clock import TICKS_PER_SECOND
-from media.events import DominantSpeakerChanged, ToneReceived, VideoReceiveStatusChanged
-from media.frames import AudioFrame
+from media.events import (
+    DominantSpeakerChanged,
+    ToneReceived,
+    VideoKeyFrameNeeded,
+    VideoReceiveStatusChanged,
+    VideoSendStatusChanged,
+)
+from media.frames import AudioFrame, VideoFrame
 from media.session import MediaEvent, MediaSessionOptions
-from media.video import VideoSocketSettings
+from media.video import VideoSocketError, VideoSocketSettings
 from tests.conftest import TENANT_ID, emulator_config, settings_for
 
 FRAME = 0.020
@@ -271,3 +277,43 @@ async def test_three_video_sockets_get_the_subscribed_participants(rig: Rig) -> 
                     break
         assert good == 3, (socket_id, hex(msi))
         assert socket.msi == msi  # the MP's videoSource message
+
+
+async def test_the_bot_sends_nv12_video_and_hears_key_frame_requests(rig: Rig) -> None:
+    sockets = (VideoSocketSettings("sendrecv"), VideoSocketSettings("recvonly"))
+    meeting = rig.emulator.config.meetings[0]
+    call = await rig.bot.join(
+        rig.emulator.join_url(meeting), media_options=MediaSessionOptions(video_sockets=sockets)
+    )
+    await call.wait_for("established", 15)
+    session = rig.bot.media_session(call)
+    link = rig.emulator.calls[call.id].link
+    assert session is not None and link is not None
+    if session.video_sockets[0].send_status != "active":
+        await rig.bot.wait_media_event(lambda e: isinstance(e.data, VideoSendStatusChanged), 10)
+    with pytest.raises(VideoSocketError, match="does not send"):
+        session.video_sockets[1].send(nv12_frame(0, 0))
+    socket = link.video_sockets[0]
+    sender = session.video_sockets[0]
+    # A 15 fps source: frames go out at their own pace (the source's rate, not a wait).
+    for i in range(8):
+        sender.send(nv12_frame(i, round(i / 15 * TICKS_PER_SECOND)))
+        await asyncio.sleep(1 / 15)
+    if socket.frames_received < 3:
+        for _ in range(3):
+            socket.received.clear()
+            await asyncio.wait_for(socket.received.wait(), 10)
+    assert socket.frames_received >= 3
+    assert socket.size_received == (320, 180)
+    waiting = asyncio.ensure_future(
+        rig.bot.wait_media_event(lambda e: isinstance(e.data, VideoKeyFrameNeeded), 10)
+    )
+    await link.request_key_frame(0)
+    event = await waiting
+    assert isinstance(event.data, VideoKeyFrameNeeded) and event.data.socket_id == 0
+
+
+def nv12_frame(index: int, timestamp: int) -> VideoFrame:
+    data = np.full(320 * 180 * 3 // 2, 128, np.uint8)
+    data[: 320 * 180] = (index * 30) % 256
+    return VideoFrame(data, 320, 180, timestamp)
