@@ -75,7 +75,10 @@ def parse(text: str | bytes) -> dict[str, Any]:
 
 
 def _is_uint32(value: object) -> bool:
-    # bool is an int in Python, and JSON true is not an MSI.
+    # A JSON number with a whole value (1.0 included, as the spec says); bool is an int in
+    # Python, and JSON true is not an MSI.
+    if type(value) is float and value.is_integer():
+        value = int(value)
     return type(value) is int and 0 <= value <= MAX_MSI
 
 

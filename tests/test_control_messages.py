@@ -16,6 +16,7 @@ from media import control
         '{"type":"videoSource","socketId":2,"msi":4294967295}',
         '{"type":"dominantSpeaker","msi":7,"history":[3,2]}',
         '{"type":"dominantSpeaker","msi":4294967295}',
+        '{"type":"unsubscribe","socketId":1.0}',
     ],
 )
 def test_valid_messages_parse(text: str) -> None:
