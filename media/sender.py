@@ -171,6 +171,9 @@ class AudioSender:
                 await self._send_slot()
         except (ConnectionError, MediaStreamError):
             pass  # the transport went away: the session's close follows
+        except Exception:  # a bug of ours: say so once; the session stays up, silent
+            self.stats.send_errors += 1
+            logger.exception("AudioSender x send loop stopped")
 
     async def _wait_for_work(self) -> None:
         while not self._tones.busy and len(self._ring) == 0:
