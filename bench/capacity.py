@@ -3,7 +3,7 @@ calls one bot process holds in real time.
 
 Every call carries audio both ways at 50 frames/s: the emulated meeting's one participant talks
 all the time, and the bot echoes every frame back. Processes (multiprocessing, "spawn"; the
-workers' code is in capacity_workers.py and capacity_stock.py):
+workers' code is in capacity_parts/workers.py and capacity_parts/stock.py):
 - emulator: Graph/Teams in light mode (EmulatorConfig.media_light: cached pre-encoded packets
   out, the bot's packets only counted in), on uvloop, so that the load generator is not the
   limit. Its own figures come back with each window: loop lag (a 10 ms probe) and GC pauses.
@@ -67,8 +67,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capacity_stock import stock_role, stockgen_role  # noqa: E402
-from capacity_workers import (  # noqa: E402
+from capacity_parts.stock import stock_role, stockgen_role  # noqa: E402
+from capacity_parts.workers import (  # noqa: E402
     ANSWER_SECONDS,
     DRIFT_P99_LIMIT_MS,
     ESTABLISH_SECONDS,

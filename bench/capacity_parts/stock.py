@@ -20,9 +20,9 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from capacity_workers import (  # noqa: E402
+from capacity_parts.workers import (  # noqa: E402
     ARRIVALS_KEPT,
     FRAME_SECONDS,
     LATE_MS,
@@ -36,7 +36,6 @@ from capacity_workers import (  # noqa: E402
     serve_pipe,
     worker_logging,
 )
-
 from emulator.mpaudio import looped_voice  # noqa: E402
 from emulator.signal import VoiceLikeSignal  # noqa: E402
 

@@ -1,0 +1,1 @@
+"""The capacity benchmark's worker processes (bench/capacity.py runs them)."""
