@@ -66,7 +66,6 @@ class ToneSender:
     """
 
     def __init__(self, slot_ms: int = 20, tone_ms: int = TONE_MS, gap_ms: int = GAP_MS) -> None:
-        self._slot_ms = slot_ms
         self._tone_slots = max(2, tone_ms // slot_ms)
         self._gap_slots = max(2, -(-gap_ms // slot_ms))
         self._queue: deque[int] = deque()

@@ -27,6 +27,10 @@ from media.events import (
     DominantSpeakerChanged,
     SocketEvent,
     ToneReceived,
+    VideoKeyFrameNeeded,
+    VideoReceiveStatusChanged,
+    VideoSendStatusChanged,
+    VideoSourceChanged,
 )
 from media.frames import UnmixedAudioBuffer
 from media.network import NetworkSettings
@@ -35,7 +39,6 @@ from media.ring import Ring
 from media.sender import AudioSender, ParkedTrack
 from media.unmixed import MAX_STREAMS, StreamSink, UnmixedAssembler
 from media.video import (
-    VideoBinding,
     VideoSendTrack,
     VideoSocket,
     VideoSocketSettings,
@@ -73,14 +76,14 @@ class MediaEvent:
     data: SocketEvent | None = None
 
 
-_EVENT_KINDS = {
-    "ToneReceived": "tone",
-    "DominantSpeakerChanged": "dominantSpeaker",
-    "AudioSendStatusChanged": "audioSendStatus",
-    "VideoReceiveStatusChanged": "videoReceiveStatus",
-    "VideoSourceChanged": "videoSource",
-    "VideoSendStatusChanged": "videoSendStatus",
-    "VideoKeyFrameNeeded": "videoKeyFrameNeeded",
+_EVENT_KINDS: dict[type, str] = {
+    ToneReceived: "tone",
+    DominantSpeakerChanged: "dominantSpeaker",
+    AudioSendStatusChanged: "audioSendStatus",
+    VideoReceiveStatusChanged: "videoReceiveStatus",
+    VideoSourceChanged: "videoSource",
+    VideoSendStatusChanged: "videoSendStatus",
+    VideoKeyFrameNeeded: "videoKeyFrameNeeded",
 }
 
 
@@ -140,7 +143,7 @@ class LocalMediaSession:
         self._pc: RTCPeerConnection | None = None
         self._receivers: list[AudioReceiver] = []
         self._sender: AudioSender | None = None
-        self._video: list[VideoBinding] = []
+        self._video_tasks: list[asyncio.Task[None]] = []  # one reader per receiving socket
         self._assembler: UnmixedAssembler | None = None
         self._assembler_timer: asyncio.TimerHandle | None = None
         self._control: Callable[[dict[str, Any]], None] | None = None
@@ -189,7 +192,7 @@ class LocalMediaSession:
 
     def _socket_event(self, event: SocketEvent) -> None:
         self.events.push(event)
-        self._emit(MediaEvent(self.id, _EVENT_KINDS[type(event).__name__], data=event))
+        self._emit(MediaEvent(self.id, _EVENT_KINDS[type(event)], data=event))
 
     def attach_control(self, send: Callable[[dict[str, Any]], None]) -> None:
         """Media loop: the control connection's sender (media/server.py)."""
@@ -318,15 +321,14 @@ class LocalMediaSession:
     def _hook_video(self, pc: RTCPeerConnection, video: list[RTCRtpTransceiver]) -> None:
         loop = asyncio.get_running_loop()
         for transceiver, socket in zip(video, self.video_sockets, strict=True):
-            binding = VideoBinding(socket, transceiver)
             if socket.settings.receives:
-                binding.seen = hook_video_receiver(transceiver.receiver, socket)
-                binding.tasks.append(
+                seen = hook_video_receiver(transceiver.receiver, socket)
+                self._video_tasks.append(
                     asyncio.create_task(
                         read_video(
                             transceiver.receiver.track,
                             socket,
-                            binding.seen,
+                            seen,
                             self._clock,
                             self._codec_executor,
                         )
@@ -337,7 +339,6 @@ class LocalMediaSession:
                 watch_key_frame_requests(sender, socket)
             if not socket.settings.sends:
                 transceiver.direction = "recvonly"
-            self._video.append(binding)
 
     def _connected(self) -> None:
         self._set_state("connected")
@@ -381,11 +382,11 @@ class LocalMediaSession:
 
     # -- teardown and figures ------------------------------------------------------------------
 
-    def _cancel_video(self) -> None:
-        for binding in self._video:
-            for task in binding.tasks:
-                task.cancel()
-        self._video = []
+    def _cancel_video(self) -> list[asyncio.Task[None]]:
+        tasks, self._video_tasks = self._video_tasks, []
+        for task in tasks:
+            task.cancel()
+        return tasks
 
     async def close(self, reason: str = "") -> None:
         """Media loop: stop sending and tear the peer connection down. Idempotent."""
@@ -398,8 +399,7 @@ class LocalMediaSession:
             receiver.close()
         if self._assembler_timer is not None:
             self._assembler_timer.cancel()
-        tasks = [task for binding in self._video for task in binding.tasks]
-        self._cancel_video()
+        tasks = self._cancel_video()
         for socket in self.video_sockets:
             socket.set_receive_status("inactive")
             socket.set_send_status("inactive")

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -326,13 +326,3 @@ def watch_key_frame_requests(sender: RTCRtpSender, socket: VideoSocket) -> None:
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
-
-
-@dataclass(slots=True)
-class VideoBinding:
-    """What the session keeps per video socket on the media loop."""
-
-    socket: VideoSocket
-    transceiver: Any
-    seen: _Csrc | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -40,55 +40,55 @@ from emulator.mpaudio import looped_voice  # noqa: E402
 from emulator.signal import VoiceLikeSignal  # noqa: E402
 
 
-class PacketTrack(MediaStreamTrack):
-    """Pre-encoded Opus packets at 20 ms: the stock sender only packs them (no encoder)."""
+class PacedTrack(MediaStreamTrack):
+    """An audio source paced to the wall clock, one 20 ms item per call of _next_index()."""
 
     kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._index = 0
+
+    async def _next_index(self) -> int:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        self._start = self._start if self._start is not None else now
+        due = self._start + self._index * FRAME_SECONDS
+        if due > now:
+            await asyncio.sleep(due - now)  # pacing a real-time source
+        index, self._index = self._index, self._index + 1
+        return index
+
+
+class PacketTrack(PacedTrack):
+    """Pre-encoded Opus packets at 20 ms: the stock sender only packs them (no encoder)."""
 
     def __init__(self, payloads: tuple[bytes, ...]) -> None:
         super().__init__()
         self._payloads = payloads
-        self._start: float | None = None
-        self._index = 0
 
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        self._start = self._start if self._start is not None else now
-        due = self._start + self._index * FRAME_SECONDS
-        if due > now:
-            await asyncio.sleep(due - now)  # pacing a real-time source
-        packet = av.Packet(self._payloads[self._index % len(self._payloads)])
-        packet.pts = self._index * 960
+        index = await self._next_index()
+        packet = av.Packet(self._payloads[index % len(self._payloads)])
+        packet.pts = index * 960
         packet.time_base = Fraction(1, 48_000)
-        self._index += 1
         return packet
 
 
-class CheapVoiceTrack(MediaStreamTrack):
+class CheapVoiceTrack(PacedTrack):
     """20 ms 16 kHz mono frames for aiortc's own encoder, paced to the wall clock: a short cycle
     of pre-made voice frames with advancing pts (no per-frame synthesis)."""
-
-    kind = "audio"
 
     def __init__(self, frames: list[av.AudioFrame]) -> None:
         super().__init__()
         self._frames = frames
-        self._start: float | None = None
-        self._index = 0
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        self._start = self._start if self._start is not None else now
-        due = self._start + self._index * FRAME_SECONDS
-        if due > now:
-            await asyncio.sleep(due - now)  # pacing a real-time source
-        frame = self._frames[self._index % len(self._frames)]
-        frame.pts = self._index * 320
-        self._index += 1
+        index = await self._next_index()
+        frame = self._frames[index % len(self._frames)]
+        frame.pts = index * 320
         return frame
 
 
