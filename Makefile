@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed-dev
-DEMO_SECONDS ?= 10
+SCENARIO ?= demo
+DEMO_SECONDS ?=
 
 .PHONY: setup demo test lint typecheck unit bench clean
 
@@ -23,7 +24,7 @@ $(STAMP): $(RUNTIME)
 	touch $(STAMP)
 
 demo: $(RUNTIME)
-	$(PY) -m bot demo --seconds $(DEMO_SECONDS) --json demo-out/summary.json
+	$(PY) -m bot demo --scenario $(SCENARIO) $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS)) --json demo-out/summary.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -29,7 +29,7 @@ from bot.inbound_auth import NotificationValidator
 from bot.join_url import JoinInfo, parse_join_url
 from bot.keepalive import KeepAlive
 from bot.settings import Settings
-from bot.webhook import WEBHOOK_PATH, create_app
+from bot.webhook import STATS, WEBHOOK_PATH, WebhookStats, create_app
 from media import MediaPlatform, MediaPlatformSettings
 from media.pipeline import AudioProcessor, EchoProcessor
 from media.session import LocalMediaSession, MediaEvent, MediaSessionOptions
@@ -54,7 +54,12 @@ class Bot:
         self.settings = settings
         self._processors = processors
         self._retry_sleep = retry_sleep
-        self.calls = CallCollection(context=self, lifecycle=self, window_scale=window_scale)
+        self.calls = CallCollection(
+            context=self,
+            lifecycle=self,
+            window_scale=window_scale,
+            reconcile_seconds=settings.state_reconcile_seconds,
+        )
         self.keepalive = keepalive or KeepAlive()
         if self.keepalive.on_gone is None:
             self.keepalive.on_gone = self.calls.end
@@ -81,9 +86,16 @@ class Bot:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._media_lost: dict[str, asyncio.Task[None]] = {}  # call id -> its media-lost watch
+        self._stopping = False
         self._graph: GraphClient | None = None
         self.validator: NotificationValidator | None = None
         self.callback_url = ""
+
+    @property
+    def webhook_stats(self) -> WebhookStats | None:
+        """Notification posts accepted, refused (by reason) and malformed, while running."""
+        return self._runner.app[STATS] if self._runner is not None else None
 
     @property
     def graph(self) -> GraphClient:
@@ -123,6 +135,7 @@ class Bot:
             self._session,
             client_ssl,
             leeway_seconds=s.notification_leeway_seconds,
+            unknown_kid_refresh_seconds=s.notification_key_refresh_seconds,
         )
         await asyncio.to_thread(self.media.start)
         server_ssl = None
@@ -149,10 +162,15 @@ class Bot:
                 logger.warning("Bot x could not fetch %s at start: %r", what, result)
 
     async def stop(self) -> None:
+        self._stopping = True  # sessions closed by the shutdown are not media lost
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.keepalive.close()
+        watches = list(self._media_lost.values())
+        for watch in watches:
+            watch.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
         await self.calls.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.media.stop)
@@ -282,6 +300,7 @@ class Bot:
             self.calls.notify_state(call, state)
         elif call.state == "terminated":  # it ended before Graph's answer reached us
             self.terminated(call)
+        self.expect_state(call, "established")
         return call
 
     # -- CallContext and Lifecycle (bot.call, bot.calls) --------------------------------------
@@ -292,12 +311,19 @@ class Bot:
         call.media_session_id = session.id
         return session.blob(call.id)
 
+    def expect_state(self, call: Call, state: str) -> None:
+        """If Graph's notification of `state` is lost, read the call back (bot/reconcile.py)."""
+        self.calls.expect(call, state)
+
     def established(self, call: Call) -> None:
         self.keepalive.start(call)
 
     def terminated(self, call: Call) -> None:
         """Graph ended the call: stop its keep-alive, free its media (on the media loop)."""
         self.keepalive.stop(call.id)
+        watch = self._media_lost.pop(call.id, None)
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
         if call.media_session_id is None:
             return
         task = asyncio.create_task(self.media.close_session(call.media_session_id, "call ended"))
@@ -326,6 +352,8 @@ class Bot:
 
     def _media_event(self, event: MediaEvent) -> None:
         self.media_events.append(event)
+        if event.kind in ("failed", "closed"):
+            self._media_ended(event)
         waiters, self._media_waiters = self._media_waiters, []
         for predicate, future in waiters:
             if future.done():
@@ -339,6 +367,52 @@ class Bot:
                 future.set_result(event)
             else:
                 self._media_waiters.append((predicate, future))
+
+    def _media_ended(self, event: MediaEvent) -> None:
+        """A call's media session failed or closed while the call goes on: its media
+        processor vanished, or said bye just before Graph's `terminating`. Graph normally ends
+        the call (the media-lost watch ends with it); if it does not, the watch hangs up."""
+        call = next(
+            (c for c in self.calls.calls.values() if c.media_session_id == event.session_id),
+            None,
+        )
+        if self._stopping or call is None or call.state in ("terminating", "terminated"):
+            return
+        if event.kind == "failed":
+            call.media_lost = event.detail or "media failed"
+            logger.warning("Call(%s) media lost: %s", call.id, call.media_lost)
+        if call.id not in self._media_lost:
+            watch = asyncio.create_task(self._watch_media_lost(call), name=f"media-lost:{call.id}")
+            self._media_lost[call.id] = watch
+            watch.add_done_callback(lambda _: self._media_lost.pop(call.id, None))
+
+    async def _watch_media_lost(self, call: Call) -> None:
+        """Give Graph media_lost_timeout_seconds to end a call whose media is gone, then hang
+        up; if Graph no longer knows the call (404) or never confirms, end it here."""
+        timeout = self.settings.media_lost_timeout_seconds
+        try:
+            await call.wait_for("terminated", timeout)
+            return
+        except TimeoutError:
+            pass
+        logger.warning(
+            "Call(%s) media gone for %.1f s and Graph has not ended the call: hanging up",
+            call.id,
+            timeout,
+        )
+        try:
+            await call.hang_up()
+        except GraphError as exc:
+            # 404: Graph ended it and its notification was lost. Anything else: a call with no
+            # media is of no use, so it ends here either way (Graph's 45-minute inactivity
+            # rule ends its side once keep-alives stop, call-keepalive.md).
+            logger.warning("Call(%s) hang-up after media loss failed: %s", call.id, exc)
+            self.calls.end(call)
+            return
+        try:
+            await call.wait_for("terminated", timeout)
+        except TimeoutError:
+            self.calls.end(call)  # the DELETE was accepted; its notification never came
 
     def media_session(self, call: Call) -> LocalMediaSession | None:
         """The call's app-hosted media: its audio socket, video sockets, send_dtmf()."""

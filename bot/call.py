@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from bot.events import EventHandlers
@@ -63,6 +63,10 @@ class CallContext(Protocol):
 
     def new_media_blob(self, call: Call, options: MediaSessionOptions | None = None) -> str: ...
 
+    def expect_state(self, call: Call, state: str) -> None:
+        """A request was accepted that Graph follows with a notification of `state`; if that
+        notification is lost, the owner reads the call back (bot/reconcile.py)."""
+
 
 class Call:
     def __init__(self, call_id: str, context: CallContext | None = None) -> None:
@@ -72,7 +76,7 @@ class Call:
         self.states_seen: list[str] = []
         self.resource: dict[str, Any] = {}
         self.result_info: dict[str, Any] | None = None
-        self.roster = Roster()
+        self.roster = Roster(call_id)
         self.participants: dict[str, Participant] = {}
         self.operations: dict[str, Operation] = {}
         self.events = EventHandlers()
@@ -82,6 +86,10 @@ class Call:
         self.decision: Decision | None = None
         self.answer_deadline: float | None = None  # loop time by which Graph needs a decision
         self.tones_seen: deque[str] = deque(maxlen=TONE_HISTORY)
+        # Why the call's media failed under it (MediaEvent "failed" detail), e.g. the media
+        # processor was lost; the call then ends (Graph's resultInfo, or the bot hangs up).
+        self.media_lost: str | None = None
+        self.stale_states = 0  # state notifications that arrived after a later state
         self._changed = asyncio.Event()
 
     # -- state from notifications -------------------------------------------------------------
@@ -113,6 +121,7 @@ class Call:
             "transferAccepted",
         )
         if STATE_ORDER[state] < STATE_ORDER.get(self.state, 0) and not back_from_transfer:
+            self.stale_states += 1
             logger.info("Call(%s) ignores stale %s after %s", self.id, state, self.state)
             return None
         if self.states_seen and self.states_seen[-1] == state:
@@ -124,6 +133,16 @@ class Call:
 
     def apply_roster(self, update_from: Any) -> RosterUpdate:
         update = self.roster.apply(update_from, self.delta_roster or update_from.partial)
+        self._sync_participants(update)
+        return update
+
+    def resync_roster(self, entries: list[dict[str, Any]]) -> RosterUpdate:
+        """The whole roster read back with GET .../participants (after a lost notification)."""
+        update = self.roster.resync(entries)
+        self._sync_participants(update)
+        return update
+
+    def _sync_participants(self, update: RosterUpdate) -> None:
         for pid in update.removed:
             self.participants.pop(pid, None)
         for pid in (*update.added, *update.updated):
@@ -132,7 +151,6 @@ class Call:
                 self.participants[pid].resource = resource
             else:
                 self.participants[pid] = Participant(self, resource)
-        return update
 
     async def wait_for(self, state: str, within_seconds: float) -> None:
         """Wait until the call reaches `state` or a later one.
@@ -145,6 +163,14 @@ class Call:
                 await self._changed.wait()
         if state not in self.states_seen and self.state == "terminated" != state:
             raise CallEndedError(self, state)
+
+    async def wait_until(self, predicate: Callable[[Call], bool], within_seconds: float) -> None:
+        """Wait until `predicate(call)` holds after a state change (or already does), e.g. a
+        transfer that was declined is back in `established`. Raises TimeoutError."""
+        async with asyncio.timeout(within_seconds):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
 
     def msi_to_participant(self) -> dict[int, str]:
         """Audio MSIs (roster mediaStreams.sourceId) to participant ids, the bot's own excluded."""
@@ -236,6 +262,7 @@ class Call:
             body["participantCapacity"] = participant_capacity
         self._claim("answered")
         await self.request("POST", "/answer", body, self.answer_deadline)
+        self.context.expect_state(self, "established")
 
     async def reject(self, reason: Literal["none", "busy", "forbidden"] = "none") -> None:
         self._claim("rejected")
@@ -270,6 +297,8 @@ class Call:
 
     async def hang_up(self) -> None:
         await self.request("DELETE")
+        if self.context is not None:
+            self.context.expect_state(self, "terminated")
 
     async def keep_alive(self) -> None:
         """POST keepAlive: Graph ends a call with no request for 45 minutes (call-keepalive.md)."""

@@ -25,6 +25,7 @@ from bot.notifications import (
     RosterChanged,
     parse,
 )
+from bot.reconcile import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ DISPATCH_QUEUE_EVENTS = 256
 DEDUPE_MEMORY = 4096  # resources remembered for duplicate detection
 ENDED_RETENTION_SECONDS = 60.0  # an ended call stays visible this long, then is forgotten
 ENDED_MEMORY = 4096  # forgotten call ids remembered, so late notifications cannot revive them
+RECONCILE_SECONDS = 10.0  # a state notification this late is read back (bot/reconcile.py)
 
 
 class Lifecycle(Protocol):
@@ -65,6 +67,7 @@ class CallCollection:
         lifecycle: Lifecycle | None = None,
         window_scale: float = 1.0,
         retention_seconds: float = ENDED_RETENTION_SECONDS,
+        reconcile_seconds: float = RECONCILE_SECONDS,
     ) -> None:
         self.calls: dict[str, Call] = {}
         self.late = 0  # notifications for calls already forgotten
@@ -78,6 +81,7 @@ class CallCollection:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[Call]]] = {}
         self._last: OrderedDict[str, bytes] = OrderedDict()
+        self.reconciler = Reconciler(self, reconcile_seconds)
         self._dispatchers: dict[str, _Dispatcher] = {}
 
     def get_or_add(self, call_id: str) -> Call:
@@ -120,6 +124,12 @@ class CallCollection:
             return
         if self._duplicate(item):
             self.duplicates += 1
+            logger.info(
+                "Call(%s) ignores a duplicate %s notification of %s",
+                note.call_id,
+                item.get("changeType"),
+                item.get("resourceUrl") or item.get("resource"),
+            )
             return
         call = self.get_or_add(note.call_id)
         if isinstance(note, CallChanged):
@@ -128,6 +138,9 @@ class CallCollection:
             update = call.apply_roster(note)
             if update:
                 self._enqueue(call, "participants", call, update)
+            if call.roster.resync_wanted:  # a delta was lost: read the whole roster back
+                call.roster.resync_wanted = False
+                self.reconciler.resync_roster(call)
         elif isinstance(note, OperationChanged):
             self._enqueue(call, "operation", call, call.track_operation(note.resource))
         elif isinstance(note, ContentSharingChanged):
@@ -173,6 +186,37 @@ class CallCollection:
         if new_state is not None:
             self.notify_state(call, new_state)
 
+    # -- reading back what notifications did not tell (bot/reconcile.py) ------------------------
+
+    def expect(self, call: Call, state: str) -> None:
+        """Graph accepted a request it follows with a notification of `state`."""
+        if call.context is not None:
+            self.reconciler.expect(call, state)
+
+    def call_read(self, call: Call, resource: dict[str, Any]) -> None:
+        new_state = call.apply_resource(resource, deleted=False)
+        if new_state is None:
+            return
+        logger.info("Call(%s) is %s (read back; its notification was lost)", call.id, new_state)
+        self.notify_state(call, new_state)
+        if new_state == "established":
+            self.reconciler.resync_roster(call)  # the first roster was likely lost with it
+
+    def call_gone(self, call: Call) -> None:
+        self.end(call)
+
+    def roster_read(self, call: Call, entries: list[dict[str, Any]]) -> None:
+        update = call.resync_roster(entries)
+        logger.info(
+            "Call(%s) roster read back: %d added, %d updated, %d removed",
+            call.id,
+            len(update.added),
+            len(update.updated),
+            len(update.removed),
+        )
+        if update:
+            self._enqueue(call, "participants", call, update)
+
     def end(self, call: Call) -> None:
         """A call ended without Graph saying so (keep-alive 404): the same consequences as a
         `deleted` notification."""
@@ -185,6 +229,7 @@ class CallCollection:
         if new_state == "established" and self._lifecycle is not None:
             self._lifecycle.established(call)
         if new_state == "terminated":
+            self.reconciler.forget(call.id)
             if self._lifecycle is not None:
                 self._lifecycle.terminated(call)
             self._enqueue(call, "terminated", call)
@@ -271,6 +316,7 @@ class CallCollection:
                 return
 
     async def close(self) -> None:
+        await self.reconciler.close()
         tasks = [d.task for d in self._dispatchers.values() if d.task is not None]
         for task in tasks:
             task.cancel()

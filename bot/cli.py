@@ -19,7 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the emulator and the bot, join, echo, hang up")
-    demo.add_argument("--seconds", type=float, default=10.0)
+    demo.add_argument(
+        "--scenario",
+        default="demo",
+        help="a scenario in emulator/scenarios (by name) or a .toml file; default: demo",
+    )
+    demo.add_argument(
+        "--seconds",
+        type=float,
+        help="how long the bot stays in each call (default: the scenario's)",
+    )
+    demo.add_argument("--list", action="store_true", help="list the shipped scenarios and exit")
     demo.add_argument("--json", type=Path, help="also write the summary as JSON here")
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     serve = sub.add_parser("serve", help="run the bot service (webhook + media platform)")
@@ -34,9 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "demo":
         from bot.demo import run_demo
+        from emulator.scenario import ScenarioError, load, names
 
-        summary = asyncio.run(run_demo(args.seconds, args.out, args.json))
-        return 0 if "terminated" in summary["call_states"] else 1
+        if args.list:
+            for name in names():
+                print(f"{name:18s} {load(name).description}")
+            return 0
+        try:
+            summary = asyncio.run(run_demo(args.seconds, args.out, args.json, True, args.scenario))
+        except ScenarioError as exc:
+            print(f"bot: {exc}", file=sys.stderr)
+            return 2
+        return 0 if all(c["states"][-1:] == ["terminated"] for c in summary["calls"]) else 1
     try:
         settings = Settings.load(toml_path=args.config)
     except SettingsError as exc:

@@ -1,4 +1,5 @@
-"""`python -m bot demo`: the emulator and the bot in one process, one meeting, an echo.
+"""`python -m bot demo`: the emulator and the bot in one process, playing a scenario
+(emulator/scenarios/, `demo` by default: one speaker, the bot echoes).
 
 The emulator runs on its own thread and loop (it stands in for Graph and Teams); the bot runs
 on this loop with its media and hot-loop threads, exactly as in production.
@@ -18,16 +19,16 @@ import numpy as np
 
 from bot.app import Bot
 from bot.devcerts import make_dev_certs
+from bot.scenarios import CallRecord, ScenarioRun, play
 from bot.settings import Settings
-from emulator import Emulator, EmulatorConfig, EmulatorThread
+from emulator import Emulator, EmulatorThread
 from emulator.analysis import Recording
+from emulator.incoming import ring_incoming
 from emulator.participant import Meeting, demo_meeting
+from emulator.scenario import Scenario, load
 from emulator.server import AppRegistration
 from media.frames import AudioFrame
 from media.pipeline import EchoProcessor
-
-ESTABLISH_TIMEOUT_SECONDS = 30.0
-TERMINATE_TIMEOUT_SECONDS = 15.0
 
 
 class SpeakerTally:
@@ -63,11 +64,14 @@ class LocalEnvironment:
     settings: Settings
     thread: EmulatorThread
     emulator: Emulator
-    meeting: Meeting
+    meeting: Meeting  # the scenario's meeting the bot joins (the first, or [bot] meeting)
+    scenario: Scenario
 
 
-async def start_local_environment(out_dir: Path) -> LocalEnvironment:
-    """Throwaway certificates, the demo meeting, a running emulator, and matching settings."""
+async def start_local_environment(out_dir: Path, scenario: str = "demo") -> LocalEnvironment:
+    """Throwaway certificates, a scenario's meetings (emulator/scenarios/NAME.toml), a running
+    emulator, and matching settings. Raises ScenarioError for an unknown or broken scenario."""
+    played = load(scenario)
     certs = await asyncio.to_thread(make_dev_certs, out_dir / "certs")
     settings = Settings(
         cert_file=certs.cert_file,
@@ -76,18 +80,14 @@ async def start_local_environment(out_dir: Path) -> LocalEnvironment:
         webhook_port=0,
         instance_internal_port=0,
     )
-    meeting = demo_meeting(settings.tenant_id)
     app = AppRegistration(settings.app_id, settings.app_secret, settings.tenant_id)
-    thread = await asyncio.to_thread(
-        EmulatorThread,
-        EmulatorConfig(
-            cert_file=certs.cert_file,
-            key_file=certs.key_file,
-            trust_file=certs.ca_file,
-            apps={settings.app_id: app},
-            meetings=[meeting],
-        ),
+    config = played.config(
+        cert_file=certs.cert_file,
+        key_file=certs.key_file,
+        trust_file=certs.ca_file,
+        apps={settings.app_id: app},
     )
+    thread = await asyncio.to_thread(EmulatorThread, config)
     emulator = await asyncio.to_thread(thread.start)
     base = emulator.base_url
     settings = settings.replace(
@@ -95,49 +95,77 @@ async def start_local_environment(out_dir: Path) -> LocalEnvironment:
         authority_url=base,
         notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",
     )
-    return LocalEnvironment(settings, thread, emulator, meeting)
+    meeting = played.meeting(played.bot.get("meeting")) if played.meetings else demo_meeting("")
+    return LocalEnvironment(settings, thread, emulator, meeting, played)
 
 
 async def run_demo(
-    seconds: float, out_dir: Path, json_path: Path | None = None, show: bool = True
+    seconds: float | None,
+    out_dir: Path,
+    json_path: Path | None = None,
+    show: bool = True,
+    scenario: str = "demo",
 ) -> dict[str, Any]:
+    """Play a scenario with the bot echoing what it hears; `seconds` overrides how long the bot
+    stays in each call. Returns the summary (also written to json_path)."""
     started = time.monotonic()
-    env = await start_local_environment(out_dir)
-    emulator_thread, emulator, meeting = env.thread, env.emulator, env.meeting
+    env = await start_local_environment(out_dir, scenario)
+    emulator_thread, emulator, played = env.thread, env.emulator, env.scenario
     tally = SpeakerTally()
-    bot = Bot(env.settings, processors=lambda: [tally, EchoProcessor()])
+    run = ScenarioRun()
+    stats: dict[str, dict[str, int]] = {}
+    bot = Bot(env.settings, processors=lambda: [tally, run.heard, EchoProcessor()])
+    table = dict(played.bot)
+    if seconds is not None:
+        table["seconds"] = seconds
+
+    def progress(record: CallRecord) -> None:
+        session = bot.media_session(record.call)
+        if session is None:
+            return
+        s = stats[record.call.id] = dict(session.stats)
+        if show:
+            names = sorted({p.display_name for p in record.call.participants.values()} - {""})
+            print(
+                f"  {record.call.state:12s} received {s.get('received', 0):5d}  "
+                f"sent {s.get('sent', 0):5d}  roster {', '.join(names)}"
+            )
+
+    async def ring() -> int:
+        await emulator_thread.run_async(ring_incoming(emulator, bot.callback_url))
+        return len(played.incoming)
+
     try:
         await bot.start()
-        call = await bot.join(emulator.join_url(meeting))
-        await call.wait_for("established", ESTABLISH_TIMEOUT_SECONDS)
         if show:
-            print(f"joined call {call.id}; echoing for {seconds:g} s")
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            # The demo's length is the point here, not a wait for an event.
-            await asyncio.sleep(min(1.0, left))
-            if show:
-                stats = bot.media.session(call.media_session_id or "")
-                s = stats.stats if stats else {}
-                print(
-                    f"  {call.state:12s} received {s.get('received', 0):5d}  "
-                    f"sent {s.get('sent', 0):5d}"
-                )
-        media_stats = dict(bot.media.session(call.media_session_id or "").stats)  # type: ignore[union-attr]
-        await call.hang_up()
-        await call.wait_for("terminated", TERMINATE_TIMEOUT_SECONDS)
-        report, heard = await emulator_thread.run_async(emulator.echo_report(call.id))
+            print(f"scenario {played.name}: {played.description}")
+        join_url = emulator.join_url(env.meeting) if played.meetings else None
+        await play(bot, table, run, join_url, ring, progress)
+        first = run.calls[0].call
+        report, heard = await emulator_thread.run_async(emulator.echo_report(first.id))
     finally:
         await bot.stop()
         await asyncio.to_thread(emulator_thread.stop)
 
     wav_dir = json_path.parent if json_path else out_dir
     await asyncio.to_thread(write_wav, wav_dir / "participant_heard.wav", heard)
-    roster = {pid: p.identity for pid, p in call.participants.items()}
+    media_stats = stats.get(first.id, {})
     summary: dict[str, Any] = {
-        "call_id": call.id,
-        "call_states": call.states_seen,
-        "result_info": call.result_info,
+        "scenario": played.name,
+        "call_id": first.id,
+        "call_states": first.states_seen,
+        "result_info": first.result_info,
+        "calls": [
+            {
+                "id": r.call.id,
+                "direction": r.call.direction,
+                "states": r.states,
+                "result_info": r.call.result_info,
+                "roster_updates": len(r.roster),
+                "roster": sorted({p.name for e in r.roster for p in e.participants.values()}),
+            }
+            for r in run.calls
+        ],
         "frames_received": media_stats.get("received", 0),
         "frames_sent": media_stats.get("sent", 0),
         "frames_dropped": media_stats.get("receive_dropped", 0)
@@ -147,8 +175,8 @@ async def run_demo(
         "participant_frames_heard": report.frames_heard,
         "echo_correlation": round(report.correlation, 4),
         "echo_delay_ms": round(report.delay_ms, 1),
-        "roster": roster,
-        "speaker_msis": sorted(call.msi_to_participant()),
+        "roster": {pid: p.identity for pid, p in first.participants.items()},
+        "speaker_msis": sorted(first.msi_to_participant()),
         "speaker_frames": {str(msi): n for msi, n in sorted(tally.frames.items())},
         "frames_processed": tally.seen,
         "hot_loop_late_ticks": bot.media.hot_loop.stats.late_ticks,
@@ -164,7 +192,14 @@ async def run_demo(
 def print_summary(summary: dict[str, Any], wav: Path) -> None:
     print()
     print("graph-media-bot demo summary")
-    print(f"  call states      {' -> '.join(summary['call_states'])}")
+    print(f"  scenario         {summary['scenario']}")
+    for call in summary["calls"]:
+        result = call["result_info"] or {}
+        print(
+            f"  call {call['id'][:8]}    {call['direction']}: {' -> '.join(call['states'])} "
+            f"(result {result.get('code')}/{result.get('subcode')}); "
+            f"roster {', '.join(n for n in call['roster'] if n) or '-'}"
+        )
     print(
         f"  frames           received {summary['frames_received']}, "
         f"sent {summary['frames_sent']}, dropped {summary['frames_dropped']}"

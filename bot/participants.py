@@ -8,6 +8,8 @@ number is not newer than the last applied one is stale and ignored.
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,10 @@ from bot.notifications import RosterChanged
 if TYPE_CHECKING:
     from bot.call import Call
     from bot.operations import Operation
+
+logger = logging.getLogger(__name__)
+
+DEPARTED_MEMORY = 4096  # participants remembered as departed, per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,38 +83,101 @@ class Participant:
 
 @dataclass
 class Roster:
+    """A call's participants as the roster notifications and reads left them.
+
+    Nothing stale is applied: a delta whose `sequenceNumber` is not newer than the last applied
+    one, or an entry whose `rosterSequenceNumber` is older than what we hold for that
+    participant (or than when they left). Graph
+    does not promise in-order delivery (graph-comms.md 1.6), so these arrive after a reorder.
+    A delta after a gap in `sequenceNumber` (one was lost) is applied and sets `resync_wanted`:
+    the owner then reads the whole roster back (GET .../participants) and `resync`s from it.
+    """
+
+    call_id: str = ""
     participants: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_sequence: int | None = None  # of whole delta notifications
     participant_sequence: dict[str, int] = field(default_factory=dict)
+    # Who left, at which rosterSequenceNumber: a late entry from before they left stays out.
+    departed: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    high_water: int = 0  # the highest rosterSequenceNumber applied
     stale_ignored: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    resync_wanted: bool = False
 
     def apply(self, change: RosterChanged, delta: bool) -> RosterUpdate:
         entries = {str(p["id"]): p for p in change.participants if isinstance(p.get("id"), str)}
         if change.sequence_number is not None:
-            if self.last_sequence is not None and change.sequence_number <= self.last_sequence:
+            number, last = change.sequence_number, self.last_sequence
+            if last is not None and number <= last:
                 self.stale_ignored += 1
+                logger.info(
+                    "Call(%s) ignores stale roster delta %d (applied %d)",
+                    self.call_id,
+                    number,
+                    last,
+                )
                 return RosterUpdate()
-            self.last_sequence = change.sequence_number
-        if delta:
-            entries = {pid: p for pid, p in entries.items() if not self._stale(pid, p)}
+            # The first delta after joining is 1 (deltaParticipants.sequenceNumber "identifies
+            # the notification order"); anything else means one or more were lost.
+            expected = 1 if last is None else last + 1
+            if number != expected:
+                self.gaps += 1
+                self.resync_wanted = True
+                logger.info(
+                    "Call(%s) roster delta %d after %s: %d lost, resyncing",
+                    self.call_id,
+                    number,
+                    last,
+                    number - expected,
+                )
+            self.last_sequence = number
         if change.change_type == "deleted":
-            gone = tuple(pid for pid in entries if self.participants.pop(pid, None) is not None)
+            entries = {pid: p for pid, p in entries.items() if not self._stale(pid, p, delta)}
+            gone = tuple(pid for pid in entries if pid in self.participants)
             for pid in gone:
-                self.participant_sequence.pop(pid, None)
+                self._depart(pid, _number(entries[pid]))
             return RosterUpdate(removed=gone)
         if not delta:
-            removed = tuple(pid for pid in self.participants if pid not in entries)
-            for pid in removed:
-                del self.participants[pid]
-        else:
-            removed = tuple(
-                pid
-                for pid, p in entries.items()
-                if p.get("removedState") and self.participants.pop(pid, None) is not None
-            )
-            for pid in removed:
-                self.participant_sequence.pop(pid, None)
-            entries = {pid: p for pid, p in entries.items() if not p.get("removedState")}
+            return self._replace(entries, whole_roster_notification=True)
+        entries = {pid: p for pid, p in entries.items() if not self._stale(pid, p, True)}
+        removed = tuple(
+            pid for pid, p in entries.items() if p.get("removedState") and pid in self.participants
+        )
+        for pid in removed:
+            self._depart(pid, _number(entries[pid]))
+        entries = {pid: p for pid, p in entries.items() if not p.get("removedState")}
+        return self._merge(entries, removed)
+
+    def resync(self, entries: list[dict[str, Any]]) -> RosterUpdate:
+        """The whole roster as GET .../participants returned it. Authoritative, except for what
+        notifications applied since told us more recently (a higher rosterSequenceNumber)."""
+        self.resyncs += 1
+        self.resync_wanted = False
+        by_id = {str(p["id"]): p for p in entries if isinstance(p.get("id"), str)}
+        return self._replace(by_id, whole_roster_notification=False)
+
+    def _replace(
+        self, entries: dict[str, dict[str, Any]], whole_roster_notification: bool
+    ) -> RosterUpdate:
+        """A whole roster: authoritative for who is in the call. Each entry's
+        rosterSequenceNumber is when that participant last changed (participant.md), so a roster
+        sent after someone left lists only older numbers and cannot be told from a late one by
+        its numbers: membership follows the newest whole roster to arrive (delta rosters are the
+        reorder-safe mode). Entries older than what we hold are still not applied, and who left
+        stays out of a late roster that lists them from before they left."""
+        numbers = [n for n in (_number(p) for p in entries.values()) if n is not None]
+        as_of = max(numbers) if numbers else None
+        listed = set(entries)  # a stale entry still says they are there: they are not removed
+        entries = {pid: p for pid, p in entries.items() if not self._stale(pid, p, False)}
+        removed = tuple(pid for pid in self.participants if pid not in listed)
+        for pid in removed:
+            held = self.participant_sequence.get(pid)
+            known = [n for n in (held, as_of) if n is not None]
+            self._depart(pid, max(known) if known else None)
+        return self._merge(entries, removed)
+
+    def _merge(self, entries: dict[str, dict[str, Any]], removed: tuple[str, ...]) -> RosterUpdate:
         added = tuple(pid for pid in entries if pid not in self.participants)
         updated = tuple(
             pid
@@ -118,17 +187,39 @@ class Roster:
         self.participants.update(entries)
         return RosterUpdate(added, updated, removed)
 
-    def _stale(self, pid: str, participant: dict[str, Any]) -> bool:
-        """A delta entry not newer than what we applied for that participant (a late delta)."""
-        number = participant.get("rosterSequenceNumber")
-        if not isinstance(number, int):
+    def _stale(self, pid: str, participant: dict[str, Any], delta: bool) -> bool:
+        """An entry older than what we hold for that participant, or from before they left. A
+        delta entry is a change, so an equal number is a repeat; a whole roster repeats the
+        unchanged entries with their numbers, so there only an older number is stale."""
+        number = _number(participant)
+        if number is None:
             return False
+        left = self.departed.get(pid)
         last = self.participant_sequence.get(pid)
-        if last is not None and number <= last:
+        if (left is not None and number <= left) or (
+            last is not None and (number <= last if delta else number < last)
+        ):
             self.stale_ignored += 1
             return True
         self.participant_sequence[pid] = number
+        self.high_water = max(self.high_water, number)
+        self.departed.pop(pid, None)  # back after leaving, with a newer number
         return False
+
+    def _depart(self, pid: str, number: int | None) -> None:
+        self.participants.pop(pid, None)
+        self.participant_sequence.pop(pid, None)
+        if number is not None:
+            self.high_water = max(self.high_water, number)
+            self.departed[pid] = number
+            self.departed.move_to_end(pid)
+            while len(self.departed) > DEPARTED_MEMORY:
+                self.departed.popitem(last=False)
+
+
+def _number(participant: dict[str, Any]) -> int | None:
+    number = participant.get("rosterSequenceNumber")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
 def _context(client_context: str | None) -> dict[str, Any]:

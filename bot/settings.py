@@ -47,6 +47,16 @@ class Settings:
     callback_url: str | None = None  # default https://{service_fqdn}:{webhook port}/api/calling
     notification_leeway_seconds: float = 300.0  # .NET's default clock skew (reliability.md 1.1)
     incoming_call_fallback: str = "answer"  # "answer" or "reject": when no handler decides in time
+    # A call whose media session failed or closed under it (the media processor vanished) waits
+    # this long for Graph to end it, then the bot hangs up itself.
+    media_lost_timeout_seconds: float = 15.0
+    # A state Graph should have notified by now (established after a join or answer, terminated
+    # after a hang-up) is read back with GET after this long: its notification was lost or
+    # refused (bot/reconcile.py). 0 turns it off.
+    state_reconcile_seconds: float = 10.0
+    # Notification keys are fetched again for an unknown kid at most this often (the first
+    # unknown kid after start-up at once), so forged kids cannot hammer the key endpoint.
+    notification_key_refresh_seconds: float = 60.0
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, toml_path: str | None = None) -> Settings:
@@ -102,6 +112,11 @@ class Settings:
             raise SettingsError("cert_file and key_file go together")
         if self.incoming_call_fallback not in ("answer", "reject"):
             raise SettingsError("incoming_call_fallback must be answer or reject")
+        if not self.media_lost_timeout_seconds > 0:
+            raise SettingsError("media_lost_timeout_seconds must be above 0")
+        for name in ("state_reconcile_seconds", "notification_key_refresh_seconds"):
+            if not getattr(self, name) >= 0:
+                raise SettingsError(f"{name} must be 0 or more seconds")
         for name in ("app_id", "app_secret", "tenant_id", "service_fqdn"):
             if not getattr(self, name):
                 raise SettingsError(f"{name} must not be empty")

@@ -4,6 +4,7 @@ drive the emulated other side through it; it is not part of Graph."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,19 @@ from aiohttp.typedefs import Handler
 
 from emulator.calls import ENDED, EmulatedCall
 from emulator.faults import add_rule, parse_rule
-from emulator.incoming import create_incoming
-from emulator.odata import TONES, BadRequest, bad_request, graph_error, not_found, read_object
+from emulator.impairment import Impairment
+from emulator.incoming import create_incoming, ring_incoming
+from emulator.mediaprocessor import MediaProcessorLink, Vanishing
+from emulator.odata import (
+    TONES,
+    BadRequest,
+    bad_request,
+    graph_error,
+    https_uri,
+    not_found,
+    optional_bool,
+    read_object,
+)
 from emulator.operations import press_tone
 
 if TYPE_CHECKING:
@@ -74,6 +86,65 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
             return bad_request(str(exc))
         return web.Response(status=204)
 
+    def media_link(request: web.Request) -> MediaProcessorLink | web.Response:
+        call = emulator.calls.get(request.match_info["call_id"])
+        if call is None or call.ending:
+            return not_found()
+        link = call.link
+        if link is None or link.vanished is not None or not link.connected.is_set():
+            return graph_error(409, "Conflict", "The call has no connected app-hosted media.")
+        return link
+
+    async def impairment(request: web.Request) -> web.Response:
+        link = media_link(request)
+        if isinstance(link, web.Response):
+            return link
+        if request.method == "POST":
+            try:
+                link.set_impairment(Impairment.parse(await read_object(request)))
+            except BadRequest as exc:
+                return bad_request(str(exc))
+        return web.json_response(
+            {
+                "impairment": link.impairment.to_json(),
+                "mediaSeconds": link.media_seconds(),
+                "counts": link.impairment_counts.to_json(),
+            }
+        )
+
+    async def vanish(request: web.Request) -> web.Response:
+        link = media_link(request)
+        if isinstance(link, web.Response):
+            return link
+        try:
+            body = await read_object(request, required=False)
+            ends = optional_bool(body, "graphEndsCall", True)
+            detection = body.get("detectionSeconds")
+            if detection is not None and (
+                isinstance(detection, bool)
+                or not isinstance(detection, int | float)
+                or detection < 0
+            ):
+                raise BadRequest("detectionSeconds must be a number of seconds, 0 or more.")
+        except BadRequest as exc:
+            return bad_request(str(exc))
+        await link.vanish(Vanishing(ends, None if detection is None else float(detection)))
+        return web.Response(status=204)
+
+    async def ring_scenario(request: web.Request) -> web.Response:
+        """Ring the bot with the scenario's incoming calls, at their times from now."""
+        try:
+            body = await read_object(request)
+            callback = https_uri(body, "callbackUri", required=True)
+        except BadRequest as exc:
+            return bad_request(str(exc))
+        if not emulator.config.incoming:
+            return graph_error(409, "Conflict", "The scenario has no incoming calls.")
+        task = asyncio.create_task(ring_incoming(emulator, str(callback)))
+        emulator.background.add(task)
+        task.add_done_callback(emulator.background.discard)
+        return web.json_response({"calls": len(emulator.config.incoming)}, status=202)
+
     async def list_calls(request: web.Request) -> web.Response:
         return web.json_response(
             {"value": [{"id": c.id, "state": c.state} for c in emulator.calls.values()]}
@@ -89,6 +160,10 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
         web.post(ADMIN + "/calls/incoming", incoming),
         web.post(ADMIN + "/calls/{call_id}/tones", tones),
         web.post(ADMIN + "/faults", faults),
+        web.post(ADMIN + "/calls/{call_id}/media/impairment", impairment),
+        web.get(ADMIN + "/calls/{call_id}/media/impairment", impairment),
+        web.post(ADMIN + "/calls/{call_id}/media/vanish", vanish),
+        web.post(ADMIN + "/scenario/ring", ring_scenario),
         web.get(ADMIN + "/calls", list_calls),
         web.get(ADMIN + "/calls/{call_id}", view_call),
     ]

@@ -41,6 +41,13 @@ def result_info(code: int, subcode: int, message: str) -> dict[str, Any]:
 # 500/7112: the documented symptom of a bot media endpoint that cannot be reached (1.4, 1.8).
 MEDIA_FAILED = result_info(500, 7112, "MediaControllerConversationAddParticipantFailed")
 HUNG_UP = result_info(0, 0, "The call was ended by the application.")
+# 410/301005 "Media connectivity failure." is in call-delete.md's table of call end reason codes
+# (microsoftgraph/microsoft-graph-docs PR 16376); production bots see it as "Client Media
+# Error. DiagCode: 410#301005.@" when media drops mid-call. The emulator uses it when its own
+# media processor vanishes, after MP_LOST_SECONDS of Graph time (the docs give no delay; ours is
+# a guess, well inside RFC 7675's 30 s consent timeout since Graph watches its own MP).
+MEDIA_LOST = result_info(410, 301005, "Media connectivity failure.")
+MP_LOST_SECONDS = 10.0
 # The docs give no code for these; 408 (request timeout) reads right for both, and the message
 # tells them apart.
 RING_TIMEOUT = result_info(408, 0, "The call was not answered, rejected or redirected in time.")
@@ -118,6 +125,11 @@ class EmulatedCall:
     sender: asyncio.Task[None] | None = None
     last_request: float = 0.0
     ending: bool = False
+    # Policy-based recording: how many participants the bot said it can take (call-answer.md).
+    participant_capacity: int | None = None
+    overflow_calls: list[str] = field(default_factory=list)  # ids of calls rung for the rest
+    # Who takes a joiner beyond participant_capacity (incoming.py rings them a call of their own).
+    on_overflow: Callable[[ParticipantScript], None] | None = None
 
     @property
     def speaker(self) -> ParticipantScript | None:
@@ -202,14 +214,32 @@ def spawn(call: EmulatedCall, coro: Coroutine[Any, Any, None]) -> asyncio.Task[N
 
 
 async def _send(emulator: Emulator, call: EmulatedCall) -> None:
-    """Post the call's notifications one at a time, in the order they were made."""
+    """Post the call's notifications one at a time, in the order they were made, except where
+    an armed notification fault (emulator/notifyfaults.py) drops, repeats, delays or holds one
+    back. After the call's last notification, what is still delayed goes out when due, then the
+    sender ends: nothing is left waiting on a call that is over."""
     assert call.outbox is not None
+    schedule = emulator.fault_injector.schedule(call.id)
+    loop = asyncio.get_running_loop()
+    closing = False
     while True:
-        entry = await call.outbox.get()
+        for callback_uri, item in schedule.take(loop.time(), closing):
+            await emulator.post_notifications(call, [item], callback_uri)
+        wake = schedule.next_wakeup()
+        if closing:
+            if wake is None:
+                return
+            await asyncio.sleep(max(0.0, wake - loop.time()))  # the delay being injected
+            continue
+        try:
+            async with asyncio.timeout_at(wake):  # None: no timeout
+                entry = await call.outbox.get()
+        except TimeoutError:
+            continue  # a delayed or held notification is due
         if entry is None:
-            return
-        callback_uri, item = entry
-        await emulator.post_notifications(call, [item], callback_uri)
+            closing = True
+        else:
+            schedule.push(entry, loop.time())
 
 
 def notify(emulator: Emulator, call: EmulatedCall, change_type: str, url: str, data: Any) -> None:
@@ -268,9 +298,14 @@ def finish_operation(
     notify(emulator, call, "deleted", url, {"@odata.id": url, **operation.to_graph()})
 
 
-async def establish(emulator: Emulator, call: EmulatedCall) -> None:
+async def establish(
+    emulator: Emulator,
+    call: EmulatedCall,
+    on_established: Callable[[Emulator, EmulatedCall], None] | None = None,
+) -> None:
     """establishing -> (media processor connects, for app-hosted media) -> established, then the
-    roster; an app-hosted call ends with 7112 when its media cannot connect or goes away."""
+    roster; an app-hosted call ends with 7112 when its media cannot connect or goes away.
+    on_established runs once the roster is out (a meeting starts its timeline there)."""
     set_state(emulator, call, "establishing")
     if call.app_hosted:
         if not await _connect_media(emulator, call):
@@ -278,10 +313,23 @@ async def establish(emulator: Emulator, call: EmulatedCall) -> None:
             return
     set_state(emulator, call, "established")
     publish_roster(emulator, call, list(call.roster.participants.values()))
+    if on_established is not None:
+        on_established(emulator, call)
     if call.link is not None:
         await call.link.failed.wait()
-        # The bot's media went away under an established call: Graph ends the call.
-        end_call(emulator, call, MEDIA_FAILED)
+        vanished = call.link.vanished
+        if vanished is None:
+            # The bot's media went away under an established call: Graph ends the call.
+            end_call(emulator, call, MEDIA_FAILED)
+        elif vanished.graph_ends_call:
+            # Our own media processor crashed (POST .../media/vanish): Graph notices after a
+            # while and ends the call as it does for a media connectivity failure.
+            detection = vanished.detection_seconds
+            if detection is None:
+                detection = MP_LOST_SECONDS
+            await asyncio.sleep(scaled(emulator, detection))
+            end_call(emulator, call, MEDIA_LOST)
+        # else: Graph never notices; the call lasts until the app hangs up (or goes inactive).
 
 
 async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
@@ -295,6 +343,7 @@ async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
             emulator.config.media_loss_rate,
             emulator.config.media_loss_seed,
             light=emulator.config.media_light,
+            impairment=emulator.config.media_impairment,
         )
         await call.link.connect(call.scripts, emulator.config.media_connect_timeout_seconds)
     except MediaProcessorError as exc:

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
 import trustme
 
-from emulator.participant import demo_meeting
-from emulator.server import AppRegistration, Emulator, EmulatorConfig
+from emulator.scenario import ScenarioError, load
+from emulator.server import AppRegistration, Emulator
 
 DEFAULT_APP_ID = "00000000-0000-0000-0000-00000000b07a"
 DEFAULT_SECRET = "emulator-secret"
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cert", help="PEM certificate chain (default: a throwaway local CA)")
     serve.add_argument("--key", help="PEM private key for --cert")
     serve.add_argument("--trust", help="CA bundle to trust for the bot's webhook and media")
+    serve.add_argument(
+        "--scenario",
+        default="demo",
+        help="a scenario in emulator/scenarios (by name) or a .toml file; default: demo",
+    )
     serve.add_argument(
         "--media-light",
         action="store_true",
@@ -50,21 +56,32 @@ async def _serve(args: argparse.Namespace) -> int:
         ca.cert_pem.write_to_path(str(directory / "ca.pem"))
         trust = trust or str(directory / "ca.pem")
         print(f"emulator: throwaway CA at {directory / 'ca.pem'} (set BOT_CA_FILE to it)")
-    meeting = demo_meeting(DEFAULT_TENANT)
-    emulator = Emulator(
-        EmulatorConfig(
+    try:
+        scenario = load(args.scenario)
+        config = scenario.config(
             cert_file=cert,
             key_file=key,
             trust_file=trust,
             host=args.host,
             port=args.port,
             apps={DEFAULT_APP_ID: AppRegistration(DEFAULT_APP_ID, DEFAULT_SECRET, DEFAULT_TENANT)},
-            meetings=[meeting],
             media_light=args.media_light,
         )
-    )
+    except (ScenarioError, ValueError) as exc:
+        print(f"emulator: {exc}", file=sys.stderr)
+        return 2
+    emulator = Emulator(config)
     await emulator.start()
-    print(f"emulator: Graph at {emulator.base_url}/v1.0, join URL {emulator.join_url(meeting)}")
+    print(f"emulator: scenario {scenario.name}: {scenario.description}")
+    print(f"emulator: Graph at {emulator.base_url}/v1.0")
+    print(f"emulator: status page {emulator.base_url}/emulator/status")
+    for meeting in config.meetings:
+        print(f"emulator: meeting {meeting.subject or ''} join URL {emulator.join_url(meeting)}")
+    if scenario.incoming:
+        print(
+            'emulator: POST /emulator/scenario/ring {"callbackUri": ...} rings the bot with the '
+            f"scenario's {len(scenario.incoming)} incoming call(s)"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

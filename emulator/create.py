@@ -34,7 +34,8 @@ from emulator.odata import (
     read_object,
 )
 from emulator.participant import Meeting
-from emulator.roster import Roster, from_script
+from emulator.presence import initial_participant, present_at_start, start_timeline
+from emulator.roster import Roster
 
 if TYPE_CHECKING:
     from emulator.server import Emulator
@@ -72,7 +73,9 @@ async def create_call(emulator: Emulator, request: web.Request) -> web.Response:
         return not_found(str(exc))
     call = build_call(emulator, body, plan, claims, request.headers.get("Scenario-Id"))
     register(emulator, call)
-    lifecycle = establish(emulator, call) if plan.passcode_ok else _refuse(emulator, call)
+    lifecycle = (
+        establish(emulator, call, start_timeline) if plan.passcode_ok else _refuse(emulator, call)
+    )
     call.task = asyncio.create_task(lifecycle)
     location = f"{emulator.base_url}{CALLS}/{call.id}"
     return web.json_response(call.resource(), status=201, headers={"Location": location})
@@ -154,8 +157,8 @@ def build_call(
         roster=Roster(delta=bool(options.get("isDeltaRosterEnabled"))),
     )
     if plan.meeting is not None:
-        for script in plan.meeting.participants:
-            call.roster.add(from_script(script))
+        for script in present_at_start(plan.meeting):
+            call.roster.add(initial_participant(plan.meeting, script))
     for identity in plan.targets:
         # The first target talks (a P2P call's other side); further group-call targets listen.
         call.roster.add_identity(identity, call.tenant_id, talks=not call.roster.participants)

@@ -33,7 +33,8 @@ from emulator.odata import (
     modalities,
     optional_bool,
 )
-from emulator.participant import ParticipantScript
+from emulator.participant import IncomingCall, Meeting, ParticipantScript
+from emulator.presence import start_timeline
 from emulator.roster import from_script
 from emulator.routing import INCOMING, call_action
 
@@ -57,12 +58,61 @@ def create_incoming(emulator: Emulator, body: dict[str, Any]) -> EmulatedCall:
     if not isinstance(tenant, str):
         raise BadRequest("tenantId must be a string.")
     policy = optional_bool(body, "policyRecording", False)
-    script = _caller(body.get("caller"))  # participantCapacity is accepted and ignored
+    script = _caller(body.get("caller"))
+    return ring(
+        emulator,
+        app.app_id,
+        tenant,
+        str(https_uri(body, "callbackUri", required=True)),
+        script,
+        policy,
+    )
+
+
+def ring_scripted(
+    emulator: Emulator, app_id: str, callback_uri: str, entry: IncomingCall
+) -> EmulatedCall:
+    """A scenario's incoming call (emulator/scenario.py): its caller's script and, for policy
+    recording, the recorded group who join later."""
+    app = emulator.config.apps.get(app_id)
+    if app is None:
+        raise BadRequest("appId must name a registered application.")
+    call = ring(
+        emulator, app.app_id, app.tenant_id, callback_uri, entry.caller, entry.policy_recording
+    )
+    if entry.group:
+        # The recorded group plays as a meeting's timeline on this call (presence.py): joins
+        # up to the bot's participantCapacity land in this call's roster, the rest ring anew.
+        call.meeting = Meeting(
+            thread_id=f"19:pbr_{call.id}@thread.v2",
+            organizer_id=entry.caller.user_id,
+            tenant_id=app.tenant_id,
+            participants=[entry.caller, *entry.group],
+        )
+
+        def overflow(script: ParticipantScript) -> None:
+            if call.state == "established":
+                extra = ring(emulator, app.app_id, app.tenant_id, call.callback_uri, script, True)
+                call.overflow_calls.append(extra.id)
+
+        call.on_overflow = overflow
+    return call
+
+
+def ring(
+    emulator: Emulator,
+    app_id: str,
+    tenant: str,
+    callback_uri: str,
+    script: ParticipantScript,
+    policy: bool,
+) -> EmulatedCall:
+    """Ring the app: a `created` notification with state incoming, and the ring timer."""
     call = EmulatedCall(
         id=str(uuid.uuid4()),
-        app_id=app.app_id,
+        app_id=app_id,
         tenant_id=tenant,
-        callback_uri=str(https_uri(body, "callbackUri", required=True)),
+        callback_uri=callback_uri,
         direction="incoming",
         kind="incoming",
         request={"requestedModalities": ["audio"]},
@@ -163,6 +213,22 @@ async def _ring(emulator: Emulator, call: EmulatedCall, seconds: float) -> None:
         end_call(emulator, call, RING_TIMEOUT)
 
 
+async def ring_incoming(emulator: Emulator, callback_uri: str) -> list[EmulatedCall]:
+    """Ring the bot at callback_uri with the configured incoming calls (a scenario's
+    [[incoming]], EmulatorConfig.incoming) at their times, seconds from now; returns the
+    calls once all have rung. Raises BadRequest when one names an unknown app."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    calls = []
+    for entry in sorted(emulator.config.incoming, key=lambda c: c.at):
+        delay = start + entry.at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the scenario's timeline: pacing, not waiting
+        app_id = entry.app_id or next(iter(emulator.config.apps), "")
+        calls.append(ring_scripted(emulator, app_id, callback_uri, entry))
+    return calls
+
+
 def routes(emulator: Emulator) -> list[web.RouteDef]:
     return [
         web.post(CALL + "/answer", call_action(emulator, answer, states=INCOMING)),
@@ -180,14 +246,14 @@ async def answer(
     callback = https_uri(body, "callbackUri", required=False)
     options = call_options(body)
     if "participantCapacity" in body:
-        bounded_int(body, "participantCapacity", 1, 10_000, 1)
+        call.participant_capacity = bounded_int(body, "participantCapacity", 1, 10_000, 1)
     if call.task is not None:
         call.task.cancel()  # the ring timer
     call.media = media
     call.callback_uri = callback or call.callback_uri
     call.request.update(requestedModalities=accepted, callOptions=options or None)
     call.roster.delta = bool(options.get("isDeltaRosterEnabled"))
-    call.task = asyncio.create_task(establish(emulator, call))
+    call.task = asyncio.create_task(establish(emulator, call, start_timeline))
     return web.Response(status=202)
 
 

@@ -18,7 +18,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from aiortc.rtp import RtcpRrPacket, RtpPacket, is_rtcp
 from emulator import mpcontrol
 from emulator.analysis import Listener, Recording
 from emulator.dtmf import DtmfReceiver, event_of
+from emulator.impairment import ImpairedPath, Impairment, ImpairmentCounts
 from emulator.mpaudio import RECORD_FRAMES, MeetingAudio, SpeakingTick
 from emulator.mpcontrol import PROTOCOL, ControlError
 from emulator.mpvideo import VideoSocket, VideoSubscriptions, parse_video_sockets
@@ -57,7 +58,13 @@ from emulator.video import PatternVideoTrack
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PROTOCOL", "DominantChange", "MediaProcessorError", "MediaProcessorLink"]
+__all__ = [
+    "PROTOCOL",
+    "DominantChange",
+    "MediaProcessorError",
+    "MediaProcessorLink",
+    "Vanishing",
+]
 
 OUTBOX_SIZE = 1000  # control messages waiting for the WebSocket
 LOG_SIZE = 1000  # dominant changes, DTMF tones, control messages kept
@@ -78,6 +85,15 @@ class DominantChange:
     history: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Vanishing:
+    """How the MP vanished, for Graph's side (emulator/calls.py): whether and after how many
+    seconds of Graph time Graph notices and ends the call."""
+
+    graph_ends_call: bool = True
+    detection_seconds: float | None = None  # None: Graph's usual delay (calls.py)
+
+
 class MediaProcessorLink:
     """One call's media between the emulated meeting and the bot."""
 
@@ -88,10 +104,12 @@ class MediaProcessorLink:
         loss_rate: float = 0.0,
         loss_seed: int = 1,
         light: bool = False,
+        impairment: Impairment | None = None,
     ) -> None:
-        """loss_rate: share of RTP packets to the bot dropped at random (seeded), standing in
-        for a lossy network (tc netem is not available on these machines). light: the
-        load-generator mode (mpaudio.py): pre-encoded audio, the bot's audio only counted."""
+        """impairment: loss, jitter, reordering and blackouts on the packets to the bot
+        (emulator/impairment.py); loss_rate/loss_seed are its shorthand for random loss alone
+        (ignored when impairment is given). light: the load-generator mode (mpaudio.py):
+        pre-encoded audio, the bot's audio only counted."""
         for key in ("mpUri", "mpMediaSessionId", "token"):
             if not isinstance(blob.get(key), str):
                 raise MediaProcessorError(f"the media config blob has no {key}")
@@ -115,8 +133,9 @@ class MediaProcessorLink:
         self._video = VideoSubscriptions(self.video_sockets, lambda: self.participants, _key_frame)
         self._outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
         self._send: SendRtp | None = None
-        self._loss_rate = loss_rate
-        self._loss = random.Random(loss_seed)
+        self._impairment = impairment or Impairment(loss_rate=loss_rate, seed=loss_seed)
+        self._path: ImpairedPath | None = None
+        self.vanished: Vanishing | None = None
         self._dtmf_rx = DtmfReceiver()
         # What the bot sent us.
         self.heard = Recording(max_frames=RECORD_FRAMES)
@@ -133,11 +152,14 @@ class MediaProcessorLink:
         self.control_sent: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
         self.control_received = asyncio.Event()  # set when the bot's control message was handled
         self.control_errors = 0  # error replies we sent
-        self.rtp_dropped = 0
         self.receiver_reports: list[Any] = []
         self.report_received = asyncio.Event()
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
+        # Taps on what the bot sends (the browser join page plays it): called on the loop with
+        # each decoded frame, so they must only copy or hand off (emulator/browser.py).
+        self.audio_taps: list[Callable[[av.AudioFrame], None]] = []
+        self.video_taps: list[Callable[[av.VideoFrame], None]] = []
 
     # Ground truth of what was sent (empty before the media starts).
 
@@ -164,6 +186,56 @@ class MediaProcessorLink:
     def media_start(self) -> float | None:
         """time.monotonic() of media time 0 (talk spurts count from here)."""
         return self._audio.start if self._audio is not None else None
+
+    def media_seconds(self) -> float:
+        """Seconds since media time 0 (0 before the media starts): blackouts count from here."""
+        start = self.media_start
+        return time.monotonic() - start if start is not None else 0.0
+
+    # Network faults (emulator/impairment.py) and the MP's own crash.
+
+    @property
+    def impairment(self) -> Impairment:
+        return self._impairment
+
+    def set_impairment(self, impairment: Impairment) -> None:
+        """Replace the impairment on the packets to the bot, from the next packet on."""
+        self._impairment = impairment
+        if self._path is not None:
+            self._path.set(impairment)
+
+    @property
+    def impairment_counts(self) -> ImpairmentCounts:
+        return self._path.counts if self._path is not None else ImpairmentCounts()
+
+    @property
+    def rtp_dropped(self) -> int:
+        """RTP packets to the bot the impairment dropped (loss, bursts, blackouts)."""
+        return self.impairment_counts.dropped
+
+    async def vanish(self, vanishing: Vanishing | None = None) -> None:
+        """The MP crashes: from now on nothing reaches the bot (no RTP, no RTCP BYE, no DTLS
+        close_notify, no `bye`), the control connection's TCP is cut without a WebSocket close
+        frame, and everything is released as after close(). Graph's side then ends the call as
+        `vanishing` says (emulator/calls.py). Idempotent."""
+        if self.vanished is not None:
+            return
+        self.vanished = vanishing or Vanishing()  # before failed: calls.py reads it then
+        pc, ws = self._pc, self._ws
+        self._ws = None  # close() must not say bye on it
+        if pc is not None:
+            for transceiver in pc.getTransceivers():
+                # pc.close() would send a DTLS close_notify alert (RFC 6347 4.2.7, via TLS
+                # 7.2.1) through the ICE transport's _send; a crashed MP sends nothing.
+                ice = transceiver.sender.transport.transport
+                ice._send = _send_nothing
+        if ws is not None:
+            connection = ws._conn  # aiohttp keeps the TCP connection here; no public handle
+            if connection is not None and connection.transport is not None:
+                connection.transport.abort()  # a reset, not a close handshake (RFC 6455 7.1.1)
+        logger.info("MP x vanished (as if crashed)")
+        self.failed.set()
+        await self.close("vanished")
 
     async def connect(
         self, participants: Sequence[ParticipantScript], within_seconds: float
@@ -254,24 +326,25 @@ class MediaProcessorLink:
         self._tasks.append(asyncio.create_task(self._audio.run()))
 
     def _wrap_transport(self, transport: RTCDtlsTransport) -> SendRtp:
-        """Every RTP packet of the (BUNDLE) transport passes here: random loss, and the CSRC of
-        the video m-lines (the stock video sender never sets one). Returns the wrapped send."""
+        """Every RTP and RTCP packet of the (BUNDLE) transport passes here: the CSRC of the
+        video m-lines (the stock video sender never sets one), then the impairment. Nothing
+        passes once the MP has vanished. Returns the wrapped send."""
         send_rtp = transport._send_rtp
         csrc_of = self._video.csrc_by_ssrc()
+        path = self._path = ImpairedPath(send_rtp, self._impairment, self.media_seconds)
 
         async def send(data: bytes) -> None:
-            if is_rtcp(data):
-                await send_rtp(data)
+            if self.vanished is not None:
                 return
-            if self._loss_rate > 0 and self._loss.random() < self._loss_rate:
-                self.rtp_dropped += 1
+            if is_rtcp(data):
+                await path.send(data, rtcp=True)
                 return
             lookup = csrc_of.get(int.from_bytes(data[8:12], "big")) if csrc_of else None
             if lookup is not None and not data[0] & 0x0F:
                 msi = lookup()
                 if msi is not None:
                     data = with_csrc(data, msi)
-            await send_rtp(data)
+            await path.send(data)
 
         transport._send_rtp = send  # type: ignore[method-assign]
         return send
@@ -417,6 +490,11 @@ class MediaProcessorLink:
         for reply in self._video.source_gone({msi}):
             self._queue(reply)
 
+    def start_video(self, msi: int) -> None:
+        """A camera or screen share (by its video MSI) is turned (back) on: it can be
+        subscribed again."""
+        self._video.stopped.discard(msi)
+
     def set_muted(self, msi: int, muted: bool) -> None:
         voice = self._audio.voice(msi) if self._audio is not None else None
         if voice is not None:
@@ -448,6 +526,8 @@ class MediaProcessorLink:
                 frame = await track.recv()
                 assert isinstance(frame, av.AudioFrame)
                 listener.add(frame, time.monotonic())
+                for tap in self.audio_taps:
+                    tap(frame)
         except MediaStreamError:
             return
 
@@ -469,6 +549,8 @@ class MediaProcessorLink:
                 socket.frames_received += 1
                 socket.size_received = (frame.width, frame.height)
                 socket.received.set()
+                for tap in self.video_taps:
+                    tap(frame)
         except MediaStreamError:
             return
 
@@ -478,6 +560,10 @@ class MediaProcessorLink:
         ws, pc, session = self._ws, self._pc, self._session
         self._ws = self._pc = self._session = None
         tasks, self._tasks = self._tasks, []
+        if self._path is not None:
+            pump = self._path.stop()  # held packets go nowhere
+            if pump is not None:
+                tasks.append(pump)
         try:
             for task in tasks:
                 task.cancel()
@@ -490,6 +576,7 @@ class MediaProcessorLink:
         finally:
             if self._audio is not None:
                 self._audio.dtmf.cancel()
+                self._audio.close()
             self._video.stop()
             try:
                 if pc is not None:
@@ -498,6 +585,10 @@ class MediaProcessorLink:
             finally:
                 if session is not None:
                     await session.close()
+
+
+async def _send_nothing(data: bytes) -> None:
+    """A vanished MP's network: every datagram is lost."""
 
 
 def _key_frame(socket: VideoSocket) -> None:

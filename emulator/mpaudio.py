@@ -41,6 +41,7 @@ from emulator.dtmf import DtmfSender, name_of
 from emulator.participant import ParticipantScript
 from emulator.rtpsend import RtpStream, SendRtp
 from emulator.signal import FRAME_SAMPLES, RATE_HZ, VoiceLikeSignal
+from emulator.sources import AudioSource, LiveAudio
 from emulator.speakers import (
     MAX_CSRC,
     DominantSpeaker,
@@ -58,6 +59,9 @@ MAX_LAG_TICKS = 50  # more than 1 s behind: skip ahead rather than burst
 SPEAKING_LOG_TICKS = 3 * 60 * 50  # the last 3 minutes
 RECORD_FRAMES = 10 * 60 * 50  # recordings keep the last 10 minutes
 SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+# A live microphone frame is audible above this energy (sum of squares over 20 ms): an RMS of
+# about 100 (-50 dBFS), well above a fake device's or a muted track's noise floor.
+LIVE_AUDIBLE_ENERGY = FRAME_SAMPLES * 100.0**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,8 @@ class Voice:
     def __init__(self, script: ParticipantScript, light: bool) -> None:
         self.script = script
         self.muted = False
-        self._signal = None if light else VoiceLikeSignal(script.seed)
+        # Light mode plays every participant from its seed's pre-encoded loop, whatever its voice.
+        self.source: AudioSource | None = None if light else script.audio_source()
         self._loop = looped_voice(script.seed) if light else None
         self.pcm: npt.NDArray[np.int16] = SILENCE
         self.energy = 0.0
@@ -115,14 +120,25 @@ class Voice:
 
     def next(self, tick: int, media_seconds: float) -> None:
         """Advance to this tick's frame."""
-        self.talking = not self.muted and self.script.talking(media_seconds)
-        if self._signal is not None:
-            pcm = self._signal.next_frame()  # the voice runs on while the participant is quiet
+        if self.source is not None:
+            pcm = self.source.next_frame()  # the voice runs on while the participant is quiet
+            if self.source.by_energy:
+                # A live or silent microphone is audible when it carries sound.
+                self.talking = not self.muted and energy(pcm) > LIVE_AUDIBLE_ENERGY
+            else:
+                self.talking = not self.muted and self.script.talking(media_seconds)
             self.pcm = pcm if self.talking else SILENCE
             self.energy = energy(pcm) if self.talking else 0.0
-        else:
-            assert self._loop is not None
+            return
+        self.talking = not self.muted and self.script.talking(media_seconds)
+        if self._loop is not None:
             self.energy = self._loop.energies[tick % LOOP_FRAMES] if self.talking else 0.0
+
+    def close(self) -> None:
+        """Stop listening to a live feed (a link that ends must not keep receiving it)."""
+        source = self.source
+        if isinstance(source, LiveAudio) and self.script.live is not None:
+            self.script.live.unsubscribe(source)
 
     def payload(self, tick: int) -> bytes:
         """Light mode: this tick's packet from the loop."""
@@ -173,8 +189,15 @@ class MeetingAudio:
             self.sent_by_msi.setdefault(script.msi, Recording(max_frames=RECORD_FRAMES))
 
     def remove(self, msi: int) -> None:
+        for voice in self.voices:
+            if voice.script.msi == msi:
+                voice.close()
         self.voices = [v for v in self.voices if v.script.msi != msi]
         self.dominant.forget(msi)
+
+    def close(self) -> None:
+        for voice in self.voices:
+            voice.close()
 
     def voice(self, msi: int) -> Voice | None:
         return next((v for v in self.voices if v.script.msi == msi), None)

@@ -4,7 +4,8 @@ A socket the bot receives on (its direction sendrecv or recvonly) has a PatternV
 MP's sender; subscribe points it at a participant's camera (video socket) or screen share (vbss
 socket) at the asked resolution or the camera's largest, whichever is smaller, starting with a key
 frame. Every RTP packet of the m-line then carries that MSI as its only CSRC: a wrapper around the
-transport's _send_rtp recognises the m-line's SSRCs (media and RTX).
+transport's _send_rtp recognises the m-line's SSRCs (media and RTX). A live participant's camera
+(ParticipantScript.live a LivePerson: the browser join page) is sent instead of its pattern.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aiortc import RTCRtpTransceiver
 
 from emulator.mpcontrol import MAX_MSI, MAX_SOCKET_ID, ControlError, whole_number
 from emulator.participant import ParticipantScript
-from emulator.video import RESOLUTIONS, PatternVideoTrack, fit
+from emulator.video import RESOLUTIONS, LiveCamera, LivePerson, PatternVideoTrack, fit
 
 MAX_VIDEO_SOCKETS = 10
 SCREEN_SIZE = (1920, 1080)  # a screen share's largest resolution
@@ -126,22 +127,24 @@ class VideoSubscriptions:
             raise ControlError("badMessage", "subscribe: 'resolution' must be a non-empty string")
         if resolution not in RESOLUTIONS:
             raise ControlError("badSubscription", f"unknown resolution {resolution!r}")
-        size = self._source_size(socket, msi)
+        size, camera = self._source(socket, msi)
         width, height = fit(RESOLUTIONS[resolution], size)
         assert socket.track is not None
-        socket.track.show(msi, width, height)
+        socket.track.show(msi, width, height, camera)
         self._key_frame(socket)  # a new subscription starts with a key frame
         self.showing[socket.socket_id] = msi
         return {"type": "videoSource", "socketId": socket.socket_id, "msi": msi}
 
-    def _source_size(self, socket: VideoSocket, msi: int) -> tuple[int, int]:
+    def _source(self, socket: VideoSocket, msi: int) -> tuple[tuple[int, int], LiveCamera | None]:
+        """The subscribed video's largest size, and its live camera if it has one."""
         if msi in self.stopped:
             raise ControlError("badSubscription", f"the video of MSI {msi} is off")
         for script in self._participants():
             if socket.media_type == "video" and script.video_msi == msi:
-                return script.camera
+                live = script.live
+                return script.camera, live.camera if isinstance(live, LivePerson) else None
             if socket.media_type == "vbss" and script.screen_msi == msi:
-                return SCREEN_SIZE
+                return SCREEN_SIZE, None
         kind = "video" if socket.media_type == "video" else "screen share"
         raise ControlError("badSubscription", f"no participant with {kind} MSI {msi}")
 

@@ -11,6 +11,7 @@ import aiohttp
 
 from emulator.keys import SigningKey
 from emulator.login import NOTIFICATION_ISSUER
+from emulator.notifyfaults import FaultInjector
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,15 @@ def notification(change_type: str, resource_url: str, resource_data: Any) -> dic
 
 
 class Notifier:
-    def __init__(self, session: aiohttp.ClientSession, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        ssl_context: ssl.SSLContext | None,
+        faults: FaultInjector | None = None,
+    ) -> None:
         self._session = session
         self._ssl = ssl_context
+        self._faults = faults  # signing faults: expired, not yet valid, forged, rotated keys
         self.posted = 0
         self.failed = 0
 
@@ -46,10 +53,11 @@ class Notifier:
         scenario_id: str,
     ) -> int:
         """POST one commsNotifications batch; returns the HTTP status (0 if it never arrived)."""
-        token = key.sign(
-            {"iss": NOTIFICATION_ISSUER, "aud": app_id, "tid": tenant_id},
-            NOTIFICATION_TOKEN_LIFETIME_SECONDS,
-        )
+        claims = {"iss": NOTIFICATION_ISSUER, "aud": app_id, "tid": tenant_id}
+        if self._faults is not None:
+            token = self._faults.sign(key, claims, NOTIFICATION_TOKEN_LIFETIME_SECONDS, items)
+        else:
+            token = key.sign(claims, NOTIFICATION_TOKEN_LIFETIME_SECONDS)
         body = {"@odata.type": "#microsoft.graph.commsNotifications", "value": items}
         headers = {
             "Authorization": f"Bearer {token}",

@@ -100,17 +100,20 @@ def from_script(script: ParticipantScript) -> EmulatedParticipant:
     the large gallery entry below); a screen share is the sharer's sendOnly
     videoBasedScreenSharing stream labelled applicationsharing-video (graph-comms.md: mediaStream
     labels, and 4.9 "subscribe the participant whose VBSS stream is sendOnly")."""
-    identity = {"user": {"id": script.user_id, "displayName": script.display_name}}
     streams = [audio_stream(script.msi)]
     if script.video_msi is not None:
-        streams.append(media_stream("video", "main-video", script.video_msi, "sendReceive"))
+        streams.append(camera_stream(script.video_msi))
     if script.screen_msi is not None:
-        streams.append(
-            media_stream(
-                "videoBasedScreenSharing", "applicationsharing-video", script.screen_msi, "sendOnly"
-            )
-        )
-    return EmulatedParticipant(script.participant_id, identity, streams, script=script)
+        streams.append(screen_stream(script.screen_msi))
+    return EmulatedParticipant(script.participant_id, script.identity(), streams, script=script)
+
+
+def camera_stream(msi: int) -> dict[str, Any]:
+    return media_stream("video", "main-video", msi, "sendReceive")
+
+
+def screen_stream(msi: int) -> dict[str, Any]:
+    return media_stream("videoBasedScreenSharing", "applicationsharing-video", msi, "sendOnly")
 
 
 class Roster:

@@ -17,13 +17,14 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulator import admin, faults, graph, login
+from emulator import admin, browser, faults, graph, login, notifyfaults, status
 from emulator.analysis import EchoReport, Recording, echo_report
 from emulator.calls import EmulatedCall, cancel_tasks
 from emulator.faults import FaultRule, RecordedRequest
+from emulator.impairment import Impairment
 from emulator.keys import SigningKey
 from emulator.notifier import Notifier
-from emulator.participant import Meeting
+from emulator.participant import IncomingCall, Meeting
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,22 @@ class EmulatorConfig:
     time_scale: float = 1.0
     media_loss_rate: float = 0.0  # RTP to the bot dropped at random (seeded)
     media_loss_seed: int = 1
+    # Loss, bursts, jitter, reordering and blackouts toward the bot from the media start
+    # (emulator/impairment.py, Impairment.parse for the JSON keys); replaces media_loss_* if set.
+    media_impairment: Impairment | None = None
     # Load-generator mode (emulator/mpaudio.py): pre-encoded participant audio from a per-seed
     # cache, and the bot's audio only counted (MediaProcessorLink.heard_arrivals), not decoded.
     media_light: bool = False
+    # Calls that ring the bot when asked (a scenario's [[incoming]]; incoming.ring_incoming).
+    incoming: list[IncomingCall] = field(default_factory=list)
     # Users (identity ids) who decline a transfer to them (call-transfer.md failure path).
     declining_users: set[str] = field(default_factory=set)
+    # Notification delivery and signing faults armed from the start (emulator/notifyfaults.py;
+    # the admin API arms the same at run time).
+    notification_faults: notifyfaults.NotificationFaults | None = None
+    signing_faults: notifyfaults.SigningFaults | None = None
+    # 429/503 answers armed from the start (POST /emulator/faults bodies; a scenario's graph).
+    graph_faults: list[FaultRule] = field(default_factory=list)
 
 
 def create_app(emulator: Emulator) -> web.Application:
@@ -77,6 +89,9 @@ def create_app(emulator: Emulator) -> web.Application:
     app.add_routes(login.routes(emulator))
     app.add_routes(graph.routes(emulator))
     app.add_routes(admin.routes(emulator))
+    app.add_routes(status.routes(emulator))
+    app.add_routes(notifyfaults.routes(emulator))
+    app.add_routes(browser.routes(emulator))
     return app
 
 
@@ -85,13 +100,20 @@ class Emulator:
         self.config = config
         self.token_key = SigningKey()
         self.notification_keys = [SigningKey()]
+        self.fault_injector = notifyfaults.FaultInjector(
+            self.notification_keys, config.notification_faults, config.signing_faults
+        )
         self.calls: dict[str, EmulatedCall] = {}
         self.hits: Counter[str] = Counter()
         self.seen_assertions: dict[str, float] = {}  # client-assertion jti -> exp (replays)
         # Every Graph request, in arrival order; bounded for a long-running emulator.
         self.requests: deque[RecordedRequest] = deque(maxlen=REQUEST_LOG_SIZE)
-        self.faults: list[FaultRule] = []
+        self.faults: list[FaultRule] = list(config.graph_faults)
+        self.background: set[asyncio.Task[Any]] = (
+            set()
+        )  # admin work (scenario rings), stopped with us
         self.recordings: dict[str, tuple[str, bytes]] = {}  # recordResponse files: token, WAV
+        self.browsers = browser.Browsers()  # people on the join page (emulator/browser.py)
         self.client_ssl: ssl.SSLContext | None = None
         if config.trust_file:
             self.client_ssl = ssl.create_default_context(cafile=config.trust_file)
@@ -127,7 +149,7 @@ class Emulator:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(self.config.cert_file, self.config.key_file)
         self._session = aiohttp.ClientSession()
-        self._notifier = Notifier(self._session, self.client_ssl)
+        self._notifier = Notifier(self._session, self.client_ssl, self.fault_injector)
         self._runner = web.AppRunner(create_app(self))
         await self._runner.setup()
         site = web.TCPSite(
@@ -138,6 +160,10 @@ class Emulator:
         logger.info("Emulator listening on %s", self.base_url)
 
     async def stop(self) -> None:
+        await self.browsers.close_all()  # their leaves still reach the calls, which end next
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await asyncio.gather(*(cancel_tasks(c) for c in list(self.calls.values())))
         if self._runner is not None:
             await self._runner.cleanup()

@@ -10,6 +10,10 @@ decode_pattern() reads a decoded luma plane back at any resolution: cell edges s
 plane, and each cell is judged by the mean of its central half.
 
 Frame rate: 15 fps at every resolution (the spec allows 1.875 to 30), for camera and screen share.
+
+A live participant (the browser join page, emulator/browser.py) has a real camera instead: the
+socket subscribed to its video MSI sends the camera's newest frame at the same 15 fps, scaled to
+the subscribed resolution (stretched, not cropped, when the aspect ratios differ).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+
+from emulator.sources import LiveFeed
 
 # resolution names of the subscribe message (docs/media-protocol.md, Video)
 RESOLUTIONS: dict[str, tuple[int, int]] = {
@@ -107,9 +113,39 @@ def fit(requested: tuple[int, int], camera: tuple[int, int]) -> tuple[int, int]:
     return requested
 
 
+class LiveCamera:
+    """A live participant's camera: its newest decoded frame. Latest wins, so it holds one frame
+    however fast the camera runs and however slowly the sockets showing it send."""
+
+    def __init__(self) -> None:
+        self.frame: av.VideoFrame | None = None
+        self.frames = 0
+
+    def put(self, frame: av.VideoFrame) -> None:
+        self.frame = frame
+        self.frames += 1
+
+
+class LivePerson(LiveFeed):
+    """A live participant's microphone (the LiveFeed it is, for ParticipantScript.live) and
+    camera: the MP's video sockets find the camera through the script's `live`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.camera = LiveCamera()
+
+
+def _scaled(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """The camera frame at this size, always a new frame: each socket stamps its own pts."""
+    out = frame.reformat(width=width, height=height, format="yuv420p")
+    if out is frame:  # reformat hands back the frame itself when nothing changes
+        out = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+    return out
+
+
 class PatternVideoTrack(MediaStreamTrack):
-    """One sending video m-line's source: the subscribed participant's pattern at 15 fps, or
-    nothing (recv() waits) while the socket has no subscription.
+    """One sending video m-line's source: the subscribed participant's pattern (or live camera)
+    at 15 fps, or nothing (recv() waits) while the socket has no subscription.
 
     The stock aiortc sender pulls from it, encodes in an executor and answers PLI with a key
     frame. `msi` is the MSI of the frame recv() returned last: the stock sender sends all of a
@@ -121,6 +157,7 @@ class PatternVideoTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self._source: tuple[int, int, int] | None = None  # msi, width, height
+        self._camera: LiveCamera | None = None  # a live participant's camera, else the pattern
         self._wake = asyncio.Event()
         self._start: float | None = None
         self._next_due = 0.0
@@ -132,12 +169,14 @@ class PatternVideoTrack(MediaStreamTrack):
     def source(self) -> tuple[int, int, int] | None:
         return self._source
 
-    def show(self, msi: int, width: int, height: int) -> None:
+    def show(self, msi: int, width: int, height: int, camera: LiveCamera | None = None) -> None:
         self._source = (msi, width, height)
+        self._camera = camera
         self._wake.set()
 
     def blank(self) -> None:
         self._source = None
+        self._camera = None
 
     def stop(self) -> None:
         super().stop()
@@ -161,9 +200,19 @@ class PatternVideoTrack(MediaStreamTrack):
             # Late (a slow encode): the next frame is due a period from now, not in a burst.
             self._next_due = max(self._next_due, now) + 1 / FRAME_RATE
             msi, width, height = self._source
-            frame = av.VideoFrame.from_ndarray(
-                render(msi, self.frame_number, width, height), format="yuv420p"
-            )
+            camera = self._camera
+            if camera is None:
+                frame = av.VideoFrame.from_ndarray(
+                    render(msi, self.frame_number, width, height), format="yuv420p"
+                )
+            elif camera.frame is None:
+                continue  # the camera has not delivered yet: look again next period
+            else:
+                # Scaling takes 0.2-0.5 ms at these sizes (sws_scale), more from a big camera:
+                # off the loop, as the encoder that follows.
+                frame = await asyncio.get_running_loop().run_in_executor(
+                    None, _scaled, camera.frame, width, height
+                )
             frame.pts = round((now - self._start) * VIDEO_CLOCK_HZ)
             frame.time_base = VIDEO_TIME_BASE
             self.frame_number += 1

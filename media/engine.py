@@ -24,13 +24,18 @@ from aiortc.rtp import RtpPacket
 from media.clock import TICKS_PER_SECOND, Clock, to_ticks
 from media.codec import OPUS_RTP_RATE_HZ, OpusDecoder
 from media.dtmf import DtmfError, ToneDetector
-from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm
+from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_FRAME_SECONDS, AudioFrame, Pcm, silence
 from media.jitter import JitterBuffer, JitterStats, Release
 from media.opus import has_fec
 
 logger = logging.getLogger(__name__)
 
 TICKS_PER_FRAME = round(TICKS_PER_SECOND * AUDIO_FRAME_SECONDS)
+# A timer that fires this late means the loop was stalled (GC, CPU): packets that arrived
+# meanwhile are still queued, and a loop runs due timers before the I/O behind them, so it looks
+# again after one round of I/O before giving a slot up.
+STALL_SECONDS = 0.010
+RECHECK_SECONDS = 0.002
 
 
 class FrameSink(Protocol):
@@ -57,7 +62,10 @@ class AudioReceiver:
     Runs inline in aiortc's DTLS receive task, so it does a bounded amount of work per packet and
     never awaits: jitter buffer (media/jitter.py), decode (~30 us) and resample (~12 us) per
     perf-baseline.md. A lost packet's slot is concealed by the decoder once the buffer's wait is
-    over; a loop timer fires then, so concealment is on time even if no packet follows.
+    over; a loop timer fires then, so concealment is on time even if no packet follows. A
+    continuous stream (mixed audio) keeps delivering a frame per 20 ms when packets stop coming
+    (concealed, then silent frames flagged `concealed`), so the bot's 20 ms cadence survives a
+    blackout.
     """
 
     def __init__(
@@ -66,9 +74,11 @@ class AudioReceiver:
         clock: Clock,
         on_packet: Callable[[RtpPacket], None] | None = None,
         on_tone: Callable[[str], None] | None = None,
+        continuous: bool = False,
     ) -> None:
         """on_packet: sees every packet first (RTCP receiver statistics). on_tone: a DTMF tone
-        arrived (once per RFC 4733 event)."""
+        arrived (once per RFC 4733 event). continuous: the sender never pauses by itself (mixed
+        meeting audio), so a missing packet is played out on time (media/jitter.py)."""
         self._ring = ring
         self.on_packet = on_packet
         self.on_tone = on_tone
@@ -78,11 +88,15 @@ class AudioReceiver:
         self._last_capture = 0
         self._clock = clock
         self._decoder = OpusDecoder()
-        self._jitter = JitterBuffer()
+        self._continuous = continuous
+        self._jitter = JitterBuffer(continuous=continuous)
         self._pending = np.empty(0, dtype=np.int16)
         self._ssrc: int | None = None
         self._last_payload: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = 0.0  # on self._clock
+        self._rechecking = False
+        self._closed = False
         self._sequence = 0
         self.stats = ReceiveStats()
 
@@ -97,12 +111,15 @@ class AudioReceiver:
 
     async def handle_rtp(self, packet: RtpPacket, arrival_time_ms: int = 0) -> None:
         """Replacement for RTCRtpReceiver._handle_rtp_packet (same signature, awaited inline)."""
+        if self._closed:
+            return
         self.stats.packets += 1
         if self.on_packet is not None:
             self.on_packet(packet)
         if self._ssrc is not None and packet.ssrc != self._ssrc:
             self.stats.stream_resets += 1
-            self._jitter = JitterBuffer()  # a new sender: a new sequence space
+            # A new sender: a new sequence space.
+            self._jitter = JitterBuffer(continuous=self._continuous)
         self._ssrc = packet.ssrc
         now = self._clock.now()
         before = self._jitter.stats.late + self._jitter.stats.duplicates
@@ -141,6 +158,16 @@ class AudioReceiver:
             if self.on_tone is not None:
                 self.on_tone(tone)
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._clock.now()
+        if now - self._timer_deadline > STALL_SECONDS and not self._rechecking:
+            self._rechecking = True
+            self._arm(now + RECHECK_SECONDS)
+            return
+        self._rechecking = False
+        self.expire()
+
     def expire(self) -> None:
         """The jitter buffer's wait for a missing packet is over (its timer, or a test)."""
         self._timer = None
@@ -149,21 +176,35 @@ class AudioReceiver:
 
     def _schedule(self) -> None:
         deadline = self._jitter.deadline
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+        if deadline is None or self._closed:
+            return  # a timer still armed finds nothing to do
+        if self._timer is not None and self._timer_deadline <= deadline:
+            # It fires early, finds nothing due and re-arms: a continuous stream's deadline
+            # moves on with every packet, and a timer per packet would cost more than this.
+            return
+        self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            delay = max(0.0, deadline - self._clock.now())
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + delay, self.expire)
+        delay = max(0.0, deadline - self._clock.now())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+        self._timer_deadline = deadline
 
     def close(self) -> None:
+        """No more frames: the timer stops, and packets still arriving are ignored."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _play(self, releases: list[Release]) -> None:
         for i, release in enumerate(releases):
+            if release.silent:
+                # Nothing arrived for a while on a continuous stream: silence keeps the cadence.
+                self._push([silence()], (), True, self._next_capture())
+                continue
             if release.payload == b"":
                 # Padding-only RTP is legal, and a telephone event holds slots too: the slot
                 # passes in silence (an empty packet given to libopus would drain the decoder).
@@ -189,16 +230,17 @@ class AudioReceiver:
                 logger.debug("AudioReceiver x undecodable packet %d: %s", release.seq, exc)
                 continue
             concealed = release.payload is None
-            if concealed:
-                capture = self._last_capture + TICKS_PER_FRAME if self._last_capture else 0
-            else:
-                capture = release.capture_ticks
-            self._last_capture = capture
+            capture = self._next_capture() if concealed else release.capture_ticks
             self._push(chunks, release.csrc, concealed, capture)
+
+    def _next_capture(self) -> int:
+        """A made-up frame's capture time: the previous frame's plus 20 ms (0 if unknown)."""
+        return self._last_capture + TICKS_PER_FRAME if self._last_capture else 0
 
     def _push(
         self, chunks: list[Pcm], speakers: tuple[int, ...], concealed: bool, capture: int
     ) -> None:
+        self._last_capture = capture
         if chunks:
             pending = np.concatenate([self._pending, *chunks]).astype(np.int16, copy=False)
             if self.stats.frames == 0 and pending.shape[0] % AUDIO_FRAME_SAMPLES:

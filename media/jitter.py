@@ -7,6 +7,16 @@ aiortc-internals.md section 1). When a packet is missing, the ones after it are 
 that follows the measured interarrival jitter (RFC 3550 section 6.4.1 and A.8): if the missing
 packet shows up in time it is played in order, otherwise its slot is concealed (the decoder's
 PLC) and the held packets follow. The wait grows with jitter and shrinks back as jitter falls.
+The mean deviation of RFC 3550 barely moves for a few packets held back far (reordering), so a
+packet that arrives after its slot was given up also sets a floor under the wait: how late it
+was, plus a margin, decaying over a few seconds (a peak detector, as WebRTC's NetEq keeps).
+
+A continuous stream (mixed meeting audio: the media processor sends a packet every 20 ms, silent
+or not) also keeps time when nothing arrives at all: a slot whose packet is more than the wait
+(at least UNDERRUN_GRACE_SECONDS) overdue is concealed then, on time, and after the concealment
+run it plays out as silence, one slot per 20 ms, until packets return (a blackout, a sender that
+stalled, the tail of a burst). Packets for slots already played out are late. A stream that may
+pause by itself (unmixed speaker streams, RFC 3551 4.1 silence suppression) is not continuous.
 """
 
 from __future__ import annotations
@@ -19,6 +29,15 @@ MAX_WAIT_SECONDS = 0.080
 JITTER_GAIN = 3.0  # wait this many mean deviations before declaring a packet lost
 MAX_CONCEALED_RUN = 5  # 100 ms of concealment; a longer gap is silence, not invention
 RESET_GAP = 1000  # a jump this large is a restarted stream, not loss
+# A continuous stream's packet this late counts as missing (a loaded sender or loop is late by
+# tens of ms now and then; concealing those would turn good packets into late ones).
+UNDERRUN_GRACE_SECONDS = 0.100
+DEFAULT_SLOT_SECONDS = 0.020  # until two consecutive packets tell the packet duration
+MAX_SLOT_SECONDS = 0.120  # Opus packets hold at most 120 ms (RFC 6716 3.2.5)
+MAX_CATCH_UP_SLOTS = 50  # a timer this late (1 s) skips ahead instead of playing it all out
+PEAK_MARGIN_SECONDS = 0.005
+PEAK_DECAY = 0.995  # per packet: the floor halves in about 140 packets (2.8 s of 20 ms audio)
+GIVEN_UP_KEPT = 64  # slots given up on, remembered to learn how late their packets come
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +48,15 @@ class Release:
     payload: bytes | None
     csrc: tuple[int, ...]
     capture_ticks: int = 0  # the sender's capture time (abs-capture-time), 0 if unknown
+    silent: bool = False  # nothing arrived and the concealment run is over: play silence
 
 
 @dataclass(slots=True)
 class JitterStats:
     released: int = 0
     concealed: int = 0
-    skipped: int = 0  # slots of a gap longer than MAX_CONCEALED_RUN, left silent
+    skipped: int = 0  # slots past MAX_CONCEALED_RUN: silent releases, or (not continuous) none
+    underruns: int = 0  # continuous: slots played out because nothing had arrived in time
     late: int = 0
     duplicates: int = 0
     resets: int = 0
@@ -47,6 +68,7 @@ class JitterStats:
 class JitterBuffer:
     min_wait: float = MIN_WAIT_SECONDS
     max_wait: float = MAX_WAIT_SECONDS
+    continuous: bool = False
     stats: JitterStats = field(default_factory=JitterStats)
     _next: int | None = None  # extended sequence number of the next slot to release
     _highest: int | None = None
@@ -54,11 +76,20 @@ class JitterBuffer:
     _deadline: float | None = None
     _last_csrc: tuple[int, ...] = ()
     _transit: float | None = None
+    _run: int = 0  # slots in a row with nothing to play (concealed or skipped)
+    _expected: float | None = None  # continuous: when slot _next's packet should have arrived
+    _slot: float = DEFAULT_SLOT_SECONDS
+    _last_timestamp: tuple[int, int] | None = None  # (extended seq, RTP timestamp) last released
+    _given_up: dict[int, float] = field(default_factory=dict)  # slot -> when it was played out
+    _peak: float = 0.0  # the wait late packets asked for, decaying
 
     @property
     def deadline(self) -> float | None:
-        """When expire() must be called (a gap is waiting), or None."""
-        return self._deadline
+        """When expire() must be called (a gap is waiting, or a continuous stream's next
+        packet is overdue), or None."""
+        if self._deadline is not None or not self.continuous or self._expected is None:
+            return self._deadline
+        return self._expected + max(self.stats.wait_seconds, UNDERRUN_GRACE_SECONDS)
 
     def add(
         self,
@@ -83,44 +114,110 @@ class JitterBuffer:
             self._next = ext
         if ext < self._next:
             self.stats.late += 1
+            given_up = self._given_up.pop(ext, None)
+            if given_up is not None:
+                # Waiting (now - given_up) longer would have played it: wait that long now on.
+                needed = self.stats.wait_seconds + (now - given_up) + PEAK_MARGIN_SECONDS
+                self._peak = max(self._peak, min(self.max_wait, needed))
+                self._update_wait()
             return []
         if ext in self._held:
             self.stats.duplicates += 1
             return []
         self._held[ext] = (payload, csrc, capture_ticks)
-        out = self._release_run()
+        out = self._release_run(now, rtp_timestamp if audio else None, ext)
         self._arm(now)
         return out
 
     def expire(self, now: float) -> list[Release]:
-        """The wait for a missing packet is over: conceal its slot and move on."""
-        if self._deadline is None or now < self._deadline or self._next is None:
+        """The wait for a missing packet is over: conceal its slot and move on. Or, on a
+        continuous stream with nothing held, the next packet is overdue: play its slot out."""
+        if self._next is None:
+            return []
+        if not self._held:
+            return self._underrun(now)
+        if self._deadline is None or now < self._deadline:
             return []
         out: list[Release] = []
-        first_held = min(self._held) if self._held else self._next
-        missing = first_held - self._next
+        missing = min(self._held) - self._next
         for i in range(missing):
-            if i < MAX_CONCEALED_RUN:
-                out.append(Release(self._next, None, self._last_csrc))
-                self.stats.concealed += 1
-            else:
-                self.stats.skipped += 1
-            self._next += 1
-        out += self._release_run()
+            # Past MAX_CATCH_UP_SLOTS a gap is skipped without frames: a sequence jump is not
+            # seconds of silence to deliver at once.
+            out += self._missing(now, i < MAX_CATCH_UP_SLOTS)
+        out += self._release_run(now)
         self._deadline = None
         self._arm(now)
         return out
 
-    def _release_run(self) -> list[Release]:
+    def _missing(self, now: float, audible: bool = True) -> list[Release]:
+        """Slot _next has no packet: conceal it, or past the concealment run, leave it silent
+        (a silent release on a continuous stream if `audible`, nothing otherwise)."""
+        assert self._next is not None
+        seq = self._next
+        self._next += 1
+        self._run += 1
+        self._given_up[seq] = now
+        if len(self._given_up) > GIVEN_UP_KEPT:
+            del self._given_up[next(iter(self._given_up))]
+        if self._run <= MAX_CONCEALED_RUN:
+            self.stats.concealed += 1
+            return [Release(seq, None, self._last_csrc)]
+        self.stats.skipped += 1
+        return [Release(seq, None, (), silent=True)] if self.continuous and audible else []
+
+    def _underrun(self, now: float) -> list[Release]:
+        expected = self._expected
+        if not self.continuous or expected is None:
+            return []
+        grace = max(self.stats.wait_seconds, UNDERRUN_GRACE_SECONDS)
+        due = int((now - grace - expected) / self._slot) + 1 if now >= expected + grace else 0
+        if due > MAX_CATCH_UP_SLOTS:
+            # The timer itself was very late (a stalled loop): skip ahead, as the slots it
+            # would play out are long past.
+            skip = due - MAX_CATCH_UP_SLOTS
+            self.stats.skipped += skip
+            assert self._next is not None
+            self._next += skip
+            self._run += skip
+            due = MAX_CATCH_UP_SLOTS
+            expected += skip * self._slot
+        out: list[Release] = []
+        for _ in range(due):
+            out += self._missing(now)
+            self.stats.underruns += 1
+            expected += self._slot
+        self._expected = expected
+        return out
+
+    def _release_run(
+        self, now: float, rtp_timestamp: int | None = None, ext: int | None = None
+    ) -> list[Release]:
         out: list[Release] = []
         assert self._next is not None
+        if ext is not None and rtp_timestamp is not None:
+            self._learn_slot(ext, rtp_timestamp)
         while self._next in self._held:
             payload, csrc, capture = self._held.pop(self._next)
             out.append(Release(self._next, payload, csrc, capture))
             self._last_csrc = csrc
             self._next += 1
+            self._run = 0
             self.stats.released += 1
+        if out:
+            # The packet after a release is due one packet duration later; after a run
+            # released at once, that is lenient (the run's last packet arrived earlier).
+            self._expected = now + self._slot
         return out
+
+    def _learn_slot(self, ext: int, rtp_timestamp: int) -> None:
+        """The packet duration, from consecutive packets' RTP timestamps (RFC 3550 5.1)."""
+        last = self._last_timestamp
+        self._last_timestamp = (ext, rtp_timestamp)
+        if last is None or ext != last[0] + 1:
+            return
+        seconds = ((rtp_timestamp - last[1]) & 0xFFFFFFFF) / RTP_CLOCK_HZ
+        if 0 < seconds <= MAX_SLOT_SECONDS:
+            self._slot = seconds
 
     def _arm(self, now: float) -> None:
         if not self._held:
@@ -146,5 +243,9 @@ class JitterBuffer:
             if d < 1.0:  # a timestamp jump (new talkspurt after silence) is not jitter
                 self.stats.jitter_seconds += (d - self.stats.jitter_seconds) / 16
         self._transit = transit
-        wait = JITTER_GAIN * self.stats.jitter_seconds
+        self._peak *= PEAK_DECAY
+        self._update_wait()
+
+    def _update_wait(self) -> None:
+        wait = max(JITTER_GAIN * self.stats.jitter_seconds, self._peak)
         self.stats.wait_seconds = min(self.max_wait, max(self.min_wait, wait))

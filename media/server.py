@@ -136,6 +136,7 @@ async def _serve(
     ws: web.WebSocketResponse, session: LocalMediaSession, stats: ControlStats
 ) -> None:
     reason = "media processor disconnected"
+    said_bye = False
     outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_MESSAGES)
 
     def send(message: dict[str, Any]) -> None:
@@ -165,6 +166,7 @@ async def _serve(
                     await ws.send_str(control.encode("answer", sdp=answer))
                 elif message["type"] == "bye":
                     reason = str(message.get("reason", "bye"))
+                    said_bye = True
                     break
                 elif message["type"] in ("dominantSpeaker", "videoSource"):
                     try:
@@ -183,6 +185,10 @@ async def _serve(
     finally:
         pumping.cancel()
         await asyncio.gather(pumping, return_exceptions=True)
+        if not said_bye:
+            # The protocol treats a closed WebSocket as bye (docs/media-protocol.md), but one
+            # that ends without a bye is how a crashed MP looks: say so before closing.
+            session.control_lost()
         await session.close(reason)
         if not ws.closed:
             await ws.close()

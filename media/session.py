@@ -51,6 +51,7 @@ from media.video import (
 logger = logging.getLogger(__name__)
 
 EVENT_RING = 64  # socket events kept for the bot's pipeline; older ones dropped and counted
+LOST_DETAIL = "media processor lost: control connection ended without bye"
 
 
 @functools.cache
@@ -68,6 +69,9 @@ class MediaEvent:
     kind: "connected", "failed", "closed" (the session), or a socket event's name ("tone",
     "dominantSpeaker", "audioSendStatus", "videoReceiveStatus", "videoSource",
     "videoSendStatus", "videoKeyFrameNeeded") with the event itself in `data`.
+    "failed" says why in `detail`: ICE or DTLS failed (RFC 7675 consent lost included), or the
+    media processor was lost (its control connection ended without `bye`; LOST_DETAIL). A
+    failed session is closed right after ("closed") when its control connection is gone.
     """
 
     session_id: str
@@ -194,6 +198,14 @@ class LocalMediaSession:
         self.events.push(event)
         self._emit(MediaEvent(self.id, _EVENT_KINDS[type(event)], data=event))
 
+    def control_lost(self) -> None:
+        """Media loop: the control connection ended without the MP's `bye` while the session
+        was still ours to run (a crashed or unreachable MP): a "failed" event says so before
+        close() reports "closed"."""
+        if not self._closing:
+            logger.warning("LocalMediaSession(%s) x %s", self.id, LOST_DETAIL)
+            self._set_state("failed", LOST_DETAIL)
+
     def attach_control(self, send: Callable[[dict[str, Any]], None]) -> None:
         """Media loop: the control connection's sender (media/server.py)."""
         self._control = send
@@ -312,8 +324,11 @@ class LocalMediaSession:
             sinks: list[FrameSink] = [StreamSink(i, self._unmixed) for i in range(len(audio))]
         else:
             sinks = [self.audio_socket.receive_ring]
+        # The mix comes every 20 ms, silent or not (docs/media-protocol.md, Audio); an unmixed
+        # stream with nobody on it sends nothing, so only the mix is played out when it stops.
+        continuous = not self.receive_unmixed_meeting_audio
         for transceiver, sink in zip(audio, sinks, strict=True):
-            receiver = AudioReceiver(sink, self._clock, on_tone=on_tone)
+            receiver = AudioReceiver(sink, self._clock, on_tone=on_tone, continuous=continuous)
             hook_receiver(transceiver.receiver, receiver)
             self._receivers.append(receiver)
             on_tone = None  # DTMF comes on the first m-line only

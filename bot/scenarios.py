@@ -1,0 +1,252 @@
+"""Play the bot's side of an emulator scenario (emulator/scenario.py, its `[bot]` table): join a
+meeting, or answer / reject / redirect / transfer the scenario's incoming calls, stay for a
+while, hang up; and record what the bot saw: each call's states, roster over time, and who was
+heard when. `make demo SCENARIO=...` and tests/test_scenarios.py run scenarios through this.
+
+`[bot]` keys (docs/emulator.md "Scenarios"):
+  action        "join" (default) | "answer" | "reject" | "redirect" | "transfer"
+  meeting       the meeting's name in the file (join; default the first)
+  unmixed       receive unmixed meeting audio (default false)
+  video_sockets receive-only video sockets to open (default 0)
+  delta_roster  ask for delta roster notifications (default false)
+  seconds       how long to stay in a call once established (default 5)
+  participant_capacity   answer with it (policy-based recording)
+  reject_reason "none" | "busy" | "forbidden"
+  redirect_to   user id to redirect to
+  transfer_to   user ids to try in turn: a declined transfer returns the call to established
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.app import Bot
+from bot.call import Call
+from bot.graph import shapes
+from bot.participants import RosterUpdate
+from media.clock import TICKS_PER_SECOND
+from media.frames import AudioFrame
+from media.session import MediaSessionOptions
+from media.video import VideoSocketSettings
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("join", "answer", "reject", "redirect", "transfer")
+ESTABLISH_SECONDS = 30.0
+END_SECONDS = 15.0
+FRAMES_KEPT = 30 * 60 * 50  # half an hour of 20 ms frames
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One 20 ms frame as the bot's hot loop got it."""
+
+    capture: float  # the sender's capture time, seconds on time.monotonic() (0 if unknown)
+    speakers: tuple[int, ...]  # active speaker MSIs (mixed) or the unmixed buffers' MSIs
+    concealed: bool
+
+
+class HeardLog:
+    """A processor that remembers who was heard in each frame (bounded), passing frames on."""
+
+    name = "heard-log"
+
+    def __init__(self) -> None:
+        self.frames: deque[Heard] = deque(maxlen=FRAMES_KEPT)
+
+    def process(self, frame: AudioFrame) -> AudioFrame | None:
+        speakers = tuple(b.msi for b in frame.unmixed) if frame.unmixed else frame.active_speakers
+        capture = frame.original_sender_timestamp / TICKS_PER_SECOND
+        self.frames.append(Heard(capture, speakers, frame.concealed))
+        return frame
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A participant as one roster update showed them."""
+
+    name: str
+    muted: bool
+    streams: tuple[tuple[str, int], ...]  # (mediaType, MSI) of each media stream
+
+    def msis(self, media_type: str) -> tuple[int, ...]:
+        return tuple(msi for kind, msi in self.streams if kind == media_type)
+
+
+@dataclass
+class RosterEntry:
+    at: float  # time.monotonic() the update was applied
+    participants: dict[str, Seen]  # by participant id
+
+
+@dataclass
+class CallRecord:
+    call: Call
+    roster: list[RosterEntry] = field(default_factory=list)
+    established_at: float | None = None
+
+    @property
+    def states(self) -> list[str]:
+        return list(self.call.states_seen)
+
+    def names_over_time(self) -> list[set[str]]:
+        return [{p.name for p in r.participants.values()} for r in self.roster]
+
+
+@dataclass
+class ScenarioRun:
+    calls: list[CallRecord] = field(default_factory=list)
+    heard: HeardLog = field(default_factory=HeardLog)
+
+    def record(self, call: Call) -> CallRecord:
+        for record in self.calls:
+            if record.call is call:
+                return record
+        record = CallRecord(call)
+        self.calls.append(record)
+
+        def on_roster(call: Call, update: RosterUpdate) -> None:
+            record.roster.append(RosterEntry(time.monotonic(), snapshot(call)))
+
+        call.events.on("participants", on_roster)
+        return record
+
+
+def snapshot(call: Call) -> dict[str, Seen]:
+    seen = {}
+    for pid, p in call.participants.items():
+        streams = tuple(
+            (str(s.get("mediaType")), int(s["sourceId"]))
+            for s in p.resource.get("mediaStreams") or ()
+            if isinstance(s, dict) and str(s.get("sourceId", "")).isdigit()
+        )
+        seen[pid] = Seen(p.display_name, p.is_muted, streams)
+    return seen
+
+
+def media_options(bot_table: dict[str, Any]) -> MediaSessionOptions:
+    sockets = int(bot_table.get("video_sockets", 0))
+    return MediaSessionOptions(
+        receive_unmixed_meeting_audio=bool(bot_table.get("unmixed", False)),
+        video_sockets=tuple(VideoSocketSettings(direction="recvonly") for _ in range(sockets)),
+    )
+
+
+async def play(
+    bot: Bot,
+    bot_table: dict[str, Any],
+    run: ScenarioRun,
+    join_url: str | None,
+    ring: Callable[[], Awaitable[int]],
+    progress: Callable[[CallRecord], None] | None = None,
+) -> ScenarioRun:
+    """Play `[bot]`: `join_url` for a join, `ring()` starts the scenario's incoming calls and
+    returns how many will ring. The bot's processors should include `run.heard`."""
+    action = bot_table.get("action", "join")
+    if action not in ACTIONS:
+        raise ValueError(f"[bot] action must be one of {', '.join(ACTIONS)}")
+    seconds = float(bot_table.get("seconds", 5.0))
+    options = media_options(bot_table)
+    if action == "join":
+        if join_url is None:
+            raise ValueError("a join scenario needs a meeting")
+        call = await bot.join(
+            join_url,
+            media_options=options,
+            delta_roster=bool(bot_table.get("delta_roster", False)),
+        )
+        await _stay(run.record(call), seconds, progress)
+        return run
+
+    done: list[asyncio.Task[None]] = []
+    rung = asyncio.Event()
+    expected = 0
+
+    async def on_incoming(call: Call) -> None:
+        record = run.record(call)
+        done.append(
+            asyncio.create_task(_decide(call, record, bot_table, options, seconds, progress))
+        )
+        if len(done) >= expected:
+            rung.set()
+
+    bot.calls.events.on("incoming_call", on_incoming)
+    expected = await ring()
+    await asyncio.wait_for(rung.wait(), ESTABLISH_SECONDS + expected * 10)
+    # Calls rung while others run (policy-recording overflow) are decided as they come.
+    while True:
+        pending = [t for t in done if not t.done()]
+        if not pending:
+            break
+        await asyncio.gather(*pending)
+    return run
+
+
+async def _decide(
+    call: Call,
+    record: CallRecord,
+    table: dict[str, Any],
+    options: MediaSessionOptions,
+    seconds: float,
+    progress: Callable[[CallRecord], None] | None,
+) -> None:
+    action = table.get("action")
+    if action == "reject":
+        await call.reject(table.get("reject_reason", "none"))
+        await call.wait_for("terminated", END_SECONDS)
+        return
+    if action == "redirect":
+        await call.redirect([shapes.identity_set(user_id=str(table["redirect_to"]))])
+        await call.wait_for("terminated", END_SECONDS)
+        return
+    capacity = table.get("participant_capacity")
+    await call.answer(
+        media_options=options,
+        participant_capacity=int(capacity) if capacity is not None else None,
+        delta_roster=bool(table.get("delta_roster", False)),
+    )
+    if action == "transfer":
+        await call.wait_for("established", ESTABLISH_SECONDS)
+        for user_id in table.get("transfer_to", []):
+            before = len(call.states_seen)
+            await call.transfer(shapes.identity_set(user_id=str(user_id)))
+            # Accepted: the call ends; declined: back to established (call-transfer.md).
+            await call.wait_until(
+                lambda c, before=before: (  # type: ignore[misc]
+                    c.state == "terminated"
+                    or (c.state == "established" and len(c.states_seen) > before)
+                ),
+                ESTABLISH_SECONDS,
+            )
+            if call.state == "terminated":
+                return
+        await call.hang_up()
+        await call.wait_for("terminated", END_SECONDS)
+        return
+    await _stay(record, seconds, progress)
+
+
+async def _stay(
+    record: CallRecord, seconds: float, progress: Callable[[CallRecord], None] | None
+) -> None:
+    call = record.call
+    await call.wait_for("established", ESTABLISH_SECONDS)
+    record.established_at = time.monotonic()
+    ended = asyncio.ensure_future(call.wait_for("terminated", seconds + END_SECONDS))
+    deadline = time.monotonic() + seconds
+    try:
+        # The scenario's length is the point here; the call may also end on its own first.
+        while (left := deadline - time.monotonic()) > 0 and not ended.done():
+            await asyncio.wait([ended], timeout=min(1.0, left))
+            if progress is not None:
+                progress(record)
+    finally:
+        if not ended.done():
+            await call.hang_up()
+        await ended
