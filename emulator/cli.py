@@ -77,6 +77,7 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"emulator: status page {emulator.base_url}/emulator/status")
     for meeting in config.meetings:
         print(f"emulator: meeting {meeting.subject or ''} join URL {emulator.join_url(meeting)}")
+        print(f"emulator:   people join it in a browser at {emulator.join_page_url(meeting)}")
     if scenario.incoming:
         print(
             'emulator: POST /emulator/scenario/ring {"callbackUri": ...} rings the bot with the '

@@ -145,6 +145,11 @@ class Emulator:
         thread = urllib.parse.quote(meeting.thread_id, safe="")
         return f"https://teams.microsoft.com/l/meetup-join/{thread}/0?context={context}"
 
+    def join_page_url(self, meeting: Meeting) -> str:
+        """The browser join page for a person (emulator/browser.py)."""
+        thread = urllib.parse.quote(meeting.thread_id, safe="")
+        return f"{self.base_url}/meetings/{thread}/join"
+
     async def start(self) -> None:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(self.config.cert_file, self.config.key_file)

@@ -46,6 +46,7 @@ def status(emulator: Emulator) -> dict[str, Any]:
                 "subject": m.subject,
                 "tenantId": m.tenant_id,
                 "joinUrl": emulator.join_url(m),
+                "joinPage": emulator.join_page_url(m),
                 "participants": [
                     {"name": p.display_name, "kind": p.identity_kind, "msi": p.msi}
                     for p in m.participants

@@ -71,6 +71,9 @@ async def test_status_shows_the_meeting_the_call_and_who_speaks(
     [meeting] = status["meetings"]
     assert meeting["subject"] == "Daily stand-up"
     assert call.id in meeting["calls"]
+    assert (
+        meeting["joinPage"].endswith("/join") and "/meetings/19%3Ameeting_" in meeting["joinPage"]
+    )
     assert {p["kind"] for p in meeting["participants"]} == {"user", "guest", "phone"}
     [shown] = [c for c in status["calls"] if c["id"] == call.id]
     assert shown["state"] == "established" and shown["media"] == "app"

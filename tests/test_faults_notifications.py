@@ -505,3 +505,40 @@ async def test_forged_tokens_are_refused_without_hammering_the_key_endpoint(
     assert len(rig.graph_requests("GET", f"/communications/calls/{call.id}")) == 1
     assert call.roster.resyncs == 1
     await back_to_baseline(baseline)
+
+
+# -- Graph throttling and outages (emulator/faults.py) -------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_throttled_graph_requests_are_retried_after_retry_after(
+    rig: Rig, status: int
+) -> None:
+    """Graph answers the join and then the hang-up with 429/503 and Retry-After (graph-comms.md
+    1.9): the bot waits what it is told, retries with the same client-request-id, and the call
+    joins and ends as if nothing happened."""
+    baseline = await rig.warm_up()
+    rule = {"status": status, "retryAfterSeconds": 1, "count": 1, "pathPrefix": "/v1.0/"}
+    status_code, _ = await rig.admin_send("POST", "/faults", rule)
+    assert status_code == 204
+    retries = rig.bot.graph.retries
+    call = await rig.join()
+    await call.wait_for("established", WITHIN)
+    status_code, _ = await rig.admin_send("POST", "/faults", rule)
+    assert status_code == 204
+    await rig.end(call)
+
+    assert rig.bot.graph.retries - retries == 2
+    creates = rig.graph_requests("POST", "/communications/calls")[-2:]
+    deletes = rig.graph_requests("DELETE", f"/communications/calls/{call.id}")
+    assert len(deletes) == 2
+    for first, second in (creates, deletes):
+        assert second.received_at - first.received_at >= 1.0  # Retry-After: 1 honoured
+        ids = [
+            {k.lower(): v for k, v in r.headers.items()}["client-request-id"]
+            for r in (first, second)
+        ]
+        assert ids[0] == ids[1]
+    assert call.states_seen[-1] == "terminated"
+    assert call.result_info is not None and call.result_info["code"] == 0
+    await back_to_baseline(baseline)

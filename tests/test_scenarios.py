@@ -57,12 +57,16 @@ class Played:
 
 
 @asynccontextmanager
-async def played(certs: DevCerts, name: str, seconds: float | None = None) -> AsyncIterator[Played]:
-    """Run scenario `name` to its end against the bot (staying `seconds` if given); the
-    emulator stays up for assertions."""
+async def played(
+    certs: DevCerts, name: str, seconds: float | None = None, delta_roster: bool = False
+) -> AsyncIterator[Played]:
+    """Run scenario `name` to its end against the bot (staying `seconds` if given, asking for
+    delta rosters if told); the emulator stays up for assertions."""
     scenario = load(name)
     if seconds is not None:
         scenario.bot["seconds"] = seconds
+    if delta_roster:
+        scenario.bot["delta_roster"] = True
     config = scenario.config(**_base_config(certs))
     emulator = Emulator(config)
     await emulator.start()
@@ -135,8 +139,11 @@ async def test_demo_scenario_is_heard_the_whole_time(certs: DevCerts) -> None:
         assert total > 100 and good / total >= 0.99
 
 
-async def test_standup_roster_mute_camera_share_and_speakers(certs: DevCerts) -> None:
-    async with played(certs, "standup") as p:
+@pytest.mark.parametrize("delta_roster", [False, True], ids=["full-roster", "delta-roster"])
+async def test_standup_roster_mute_camera_share_and_speakers(
+    certs: DevCerts, delta_roster: bool
+) -> None:
+    async with played(certs, "standup", delta_roster=delta_roster) as p:
         s = p.scenario
         record = p.run.calls[0]
         alice, bob, gina, pat = (s.participant(n) for n in ("alice", "bob", "gina", "pat"))
