@@ -95,6 +95,8 @@ async def start_local_environment(out_dir: Path, scenario: str = "demo") -> Loca
         authority_url=base,
         notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",
     )
+    # A scenario of incoming calls only has no meeting to join: the demo meeting stands in
+    # (unknown to this emulator), so `meeting` is always there for the benchmarks' joins.
     meeting = played.meeting(played.bot.get("meeting")) if played.meetings else demo_meeting("")
     return LocalEnvironment(settings, thread, emulator, meeting, played)
 

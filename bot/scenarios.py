@@ -217,19 +217,21 @@ async def _decide(
             before = len(call.states_seen)
             await call.transfer(shapes.identity_set(user_id=str(user_id)))
             # Accepted: the call ends; declined: back to established (call-transfer.md).
-            await call.wait_until(
-                lambda c, before=before: (  # type: ignore[misc]
-                    c.state == "terminated"
-                    or (c.state == "established" and len(c.states_seen) > before)
-                ),
-                ESTABLISH_SECONDS,
-            )
+            await call.wait_until(_transfer_settled(before), ESTABLISH_SECONDS)
             if call.state == "terminated":
                 return
         await call.hang_up()
         await call.wait_for("terminated", END_SECONDS)
         return
     await _stay(record, seconds, progress)
+
+
+def _transfer_settled(states_before: int) -> Callable[[Call], bool]:
+    def settled(call: Call) -> bool:
+        back = call.state == "established" and len(call.states_seen) > states_before
+        return call.state == "terminated" or back
+
+    return settled
 
 
 async def _stay(
