@@ -17,11 +17,21 @@ import aiohttp
 from bot.app import Bot
 from bot.devcerts import DevCerts
 from emulator import Emulator
-from emulator.scenario import load
+from emulator.scenario import Scenario, load
 from media.frames import AudioFrame
 from tests.conftest import emulator_config, settings_for
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+async def scenario_emulator(certs: DevCerts, scenario: Scenario) -> Emulator:
+    """A started emulator playing `scenario`, with the tests' app, certificates and CA."""
+    base = vars(emulator_config(certs))
+    emulator = Emulator(
+        scenario.config(**{k: base[k] for k in ("cert_file", "key_file", "trust_file", "apps")})
+    )
+    await emulator.start()
+    return emulator
 
 
 class HearsMsi:
@@ -42,11 +52,7 @@ async def test_status_shows_the_meeting_the_call_and_who_speaks(
     certs: DevCerts, client_ssl: ssl.SSLContext
 ) -> None:
     scenario = load("standup")
-    base = vars(emulator_config(certs))
-    emulator = Emulator(
-        scenario.config(**{k: base[k] for k in ("cert_file", "key_file", "trust_file", "apps")})
-    )
-    await emulator.start()
+    emulator = await scenario_emulator(certs, scenario)
     alice = scenario.participant("alice")
     hears = HearsMsi(alice.msi)
     bot = Bot(settings_for(emulator, certs), processors=lambda: [hears])
@@ -146,11 +152,7 @@ async def test_scenario_ring_rings_the_bot_over_the_admin_api(
     certs: DevCerts, client_ssl: ssl.SSLContext
 ) -> None:
     scenario = load("incoming-p2p")
-    base = vars(emulator_config(certs))
-    emulator = Emulator(
-        scenario.config(**{k: base[k] for k in ("cert_file", "key_file", "trust_file", "apps")})
-    )
-    await emulator.start()
+    emulator = await scenario_emulator(certs, scenario)
     bot = Bot(settings_for(emulator, certs))
     rung: asyncio.Queue[Any] = asyncio.Queue()
     bot.calls.events.on("incoming_call", rung.put_nowait)

@@ -54,6 +54,7 @@ from media.jitter import (
 from media.session import LOST_DETAIL
 from tests.conftest import SPEAKER_MSI, emulator_config, settings_for
 from tests.leaks import Resources, back_to_baseline, snapshot
+from tests.test_media_meeting import best_correlation
 
 logger = logging.getLogger(__name__)  # measured figures: pytest --log-cli-level=INFO
 
@@ -489,18 +490,6 @@ async def impaired(
     grid = on_grid(joined, list(joined.collect.frames))
     await rig.end(joined)
     return Run(joined, on, off, counts, stats, stats_at_off, grid, truth)
-
-
-def best_correlation(pcm: np.ndarray, reference: np.ndarray) -> float:
-    """Normalised correlation of a decoded frame with the sent signal around it (codec delay)."""
-    best = 0.0
-    x = pcm.astype(np.float64)
-    for lag in range(0, reference.shape[0] - 320 + 1, 4):
-        y = reference[lag : lag + 320].astype(np.float64)
-        denominator = np.sqrt(np.dot(x, x) * np.dot(y, y))
-        if denominator > 0:
-            best = max(best, float(np.dot(x, y) / denominator))
-    return best
 
 
 def assert_cadence(run: Run) -> None:
