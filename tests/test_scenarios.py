@@ -200,6 +200,7 @@ async def test_panel_unmixed_streams_follow_the_speakers(certs: DevCerts) -> Non
         five = [
             h for h in p.run.heard.frames if len(talking(h.capture - p.media_start(record))) == 5
         ]
+        assert len(five) >= 3  # 1.3-1.4 s: five frames, bar edge jitter
         assert all(len(h.speakers) == 4 for h in five if not h.concealed)
         # Unmixed streams carry nothing while nobody talks: only the talking frames arrive.
         assert total > 60 and good / total >= 0.95 - len(five) / total, (good, total)
