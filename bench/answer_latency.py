@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.app import Bot  # noqa: E402
 from bot.call import Call  # noqa: E402
 from bot.demo import start_local_environment  # noqa: E402
+from media.pipeline import EchoProcessor  # noqa: E402
 
 WITHIN = 30.0
 
@@ -52,7 +53,7 @@ async def run(calls: int, out: Path) -> dict[str, Any]:
         env.thread,
     )
     base = emulator.base_url
-    bot = Bot(settings)
+    bot = Bot(settings, processors=lambda ctx: [EchoProcessor()])
     client_ssl = ssl.create_default_context(cafile=settings.ca_file)
     answered: dict[str, asyncio.Future[Call]] = {}
 

@@ -53,7 +53,7 @@ async def bot_run(seconds: float, out: Path) -> tuple[Recording, Recording]:
     env = await start_local_environment(out)
     emulator, meeting, thread = env.emulator, env.meeting, env.thread
     received = Received()
-    bot = Bot(env.settings, processors=lambda: [received])
+    bot = Bot(env.settings, processors=lambda ctx: [received])
     await bot.start()
     try:
         call = await bot.join(emulator.join_url(meeting))

@@ -9,11 +9,15 @@ messages through call_soon_threadsafe.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
+import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -28,15 +32,21 @@ from bot.graph.client import GraphClient, Sleep
 from bot.inbound_auth import NotificationValidator
 from bot.join_url import JoinInfo, parse_join_url
 from bot.keepalive import KeepAlive
-from bot.settings import Settings
+from bot.pipeline import by_session, event_name
+from bot.settings import Settings, SettingsError
 from bot.webhook import STATS, WEBHOOK_PATH, WebhookStats, create_app
 from media import MediaPlatform, MediaPlatformSettings
-from media.pipeline import AudioProcessor, EchoProcessor
+from media.clock import to_ticks
+from media.pipeline import plugins
+from media.pipeline.events import PipelineEvent, RecorderFailed, SpeechStarted
+from media.pipeline.processor import Processor, ProcessorContext, Recording, close_processors
 from media.session import LocalMediaSession, MediaEvent, MediaSessionOptions
 
 logger = logging.getLogger(__name__)
 
-ProcessorFactory = Callable[[], list[AudioProcessor]]
+# Code-given processors for each new media session (besides BOT_PROCESSORS from settings).
+ProcessorFactory = Callable[[ProcessorContext], Sequence[Processor]]
+NAMES_TIMEOUT_SECONDS = 2.0
 MEDIA_EVENT_HISTORY = 256
 Media = Literal["app", "service"]
 
@@ -45,14 +55,23 @@ class Bot:
     def __init__(
         self,
         settings: Settings,
-        processors: ProcessorFactory = lambda: [EchoProcessor()],
+        processors: ProcessorFactory | None = None,
         keepalive: KeepAlive | None = None,
         window_scale: float = 1.0,
         retry_sleep: Sleep = asyncio.sleep,
     ) -> None:
-        """window_scale shrinks Graph's answer windows for tests against a time-scaled emulator."""
+        """`processors` makes each media session's processors in code; settings add theirs
+        (BOT_PROCESSORS). window_scale shrinks Graph's answer windows for tests against a
+        time-scaled emulator. Raises SettingsError for unusable processor settings."""
         self.settings = settings
         self._processors = processors
+        self._processor_specs = plugins.parse_specs(settings.processors)
+        try:
+            self._processor_options = plugins.parse_options(settings.processor_options)
+            for spec in self._processor_specs:  # a typo fails at start, not at the first call
+                plugins.load_factory(spec)
+        except plugins.ProcessorSpecError as exc:
+            raise SettingsError(str(exc)) from exc
         self._retry_sleep = retry_sleep
         self.calls = CallCollection(
             context=self,
@@ -76,6 +95,8 @@ class Bot:
                 media_port_max=settings.media_port_max,
             ),
             on_event=self._media_event_threadsafe,
+            on_pipeline_events=self._pipeline_events_threadsafe,
+            vad=settings.vad(),
         )
         # Recent media-session events, for status and diagnostics (bounded: a service runs long).
         self.media_events: deque[MediaEvent] = deque(maxlen=MEDIA_EVENT_HISTORY)
@@ -83,6 +104,7 @@ class Bot:
             tuple[Callable[[MediaEvent], bool], asyncio.Future[MediaEvent]]
         ] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,6 +139,7 @@ class Bot:
     async def _start(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         client_ssl = ssl.create_default_context(cafile=s.ca_file) if s.ca_file else None
         self._session = aiohttp.ClientSession()
         tokens = TokenProvider(
@@ -265,7 +288,9 @@ class Bot:
         options: MediaSessionOptions | None = None,
     ) -> Call:
         options = options or MediaSessionOptions()
-        session = self.media.create_session(self._processors(), options) if media == "app" else None
+        session = (
+            self.media.create_session(self._make_processors, options) if media == "app" else None
+        )
         request: dict[str, Any] = {
             "@odata.type": "#microsoft.graph.call",
             "callbackUri": self.callback_url,
@@ -307,7 +332,7 @@ class Bot:
 
     def new_media_blob(self, call: Call, options: MediaSessionOptions | None = None) -> str:
         """A media session for an incoming call being answered with app-hosted media."""
-        session = self.media.create_session(self._processors(), options)
+        session = self.media.create_session(self._make_processors, options)
         call.media_session_id = session.id
         return session.blob(call.id)
 
@@ -317,6 +342,14 @@ class Bot:
 
     def established(self, call: Call) -> None:
         self.keepalive.start(call)
+        if self.settings.record_on_join and self.recorders(call):
+            self._spawn(self._record_on_join(call), f"record:{call.id}")
+
+    async def before_hang_up(self, call: Call) -> None:
+        """The bot is leaving: recorders stop and the status says so while Graph still knows
+        the call (call-updaterecordingstatus.md)."""
+        if call.speech.recording_status == "recording":
+            await self.stop_recording(call)
 
     def terminated(self, call: Call) -> None:
         """Graph ended the call: stop its keep-alive, free its media (on the media loop)."""
@@ -326,6 +359,8 @@ class Bot:
             watch.cancel()
         if call.media_session_id is None:
             return
+        for recorder in self.recorders(call):
+            recorder.stop()  # Graph ended the call: nothing more is recorded
         task = asyncio.create_task(self.media.close_session(call.media_session_id, "call ended"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -344,6 +379,138 @@ class Bot:
                 self.settings.incoming_call_fallback,
                 exc,
             )
+
+    # -- the processing pipeline (media/pipeline/, bot/pipeline.py) ---------------------------
+
+    def _make_processors(self, session: LocalMediaSession) -> list[Processor]:
+        """A new media session's processors: code-given first, then BOT_PROCESSORS."""
+        context = ProcessorContext(
+            session_id=session.id,
+            out_dir=Path(self.settings.recordings_dir),
+            names=lambda: self.speaker_names(session.id),
+            emit=self._pipeline_events_threadsafe,
+        )
+        made = list(self._processors(context)) if self._processors is not None else []
+        try:
+            made += plugins.build(self._processor_specs, context, self._processor_options)
+        except BaseException:
+            close_processors(made)
+            raise
+        return made
+
+    def speaker_names(self, session_id: str) -> Mapping[int, str]:
+        """MSI -> display name for the call on a media session; any thread (processors ask
+        from their own threads, the answer is read on the control loop)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return {}
+        if threading.get_ident() == self._loop_thread:
+            return self._names(session_id)
+        future: concurrent.futures.Future[Mapping[int, str]] = concurrent.futures.Future()
+
+        def read() -> None:
+            if not future.cancelled():
+                future.set_result(self._names(session_id))
+
+        try:
+            loop.call_soon_threadsafe(read)
+            return future.result(NAMES_TIMEOUT_SECONDS)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return {}  # the loop is gone or stuck: unnamed MSIs, never a hang
+
+    def _names(self, session_id: str) -> Mapping[int, str]:
+        call = self._call_on(session_id)
+        if call is None:
+            return {}
+        self._learn_names(call)
+        return dict(call.speech.names)
+
+    @staticmethod
+    def _learn_names(call: Call) -> None:
+        """Add the roster's MSI -> name pairs to what the call has seen: someone who spoke
+        and left keeps their name in the timeline."""
+        for msi, participant_id in call.msi_to_participant().items():
+            participant = call.participants.get(participant_id)
+            name = participant.display_name if participant is not None else ""
+            call.speech.names[msi] = name or participant_id
+
+    def _call_on(self, session_id: str) -> Call | None:
+        return next(
+            (c for c in self.calls.calls.values() if c.media_session_id == session_id), None
+        )
+
+    def _pipeline_events_threadsafe(self, events: Sequence[PipelineEvent]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._pipeline_events, events)
+            except RuntimeError:  # closed between the check and the call
+                pass
+
+    def _pipeline_events(self, events: Sequence[PipelineEvent]) -> None:
+        for session_id, mine in by_session(events).items():
+            call = self._call_on(session_id)
+            if call is None:
+                continue
+            for event in mine:
+                if isinstance(event, SpeechStarted) and event.msi not in call.speech.names:
+                    self._learn_names(call)
+                call.speech.apply(event)
+                self.calls.dispatch(call, event_name(event), event)
+                if isinstance(event, RecorderFailed) and not self._stopping:
+                    self._spawn(self.stop_recording(call, "failed"), f"record-failed:{call.id}")
+            call.changed()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def recorders(self, call: Call) -> list[Recording]:
+        """The call's recording processors (media/pipeline/processor.py Recording)."""
+        if call.media_session_id is None:
+            return []
+        return [p for p in self.media.processors(call.media_session_id) if isinstance(p, Recording)]
+
+    async def start_recording(self, call: Call) -> None:
+        """Set the call's recording status to `recording` through Graph, and only once Graph
+        has acknowledged it start the call's recorders. Raises GraphError (nothing is
+        recorded), ValueError when the call has no recorder."""
+        recorders = self.recorders(call)
+        if not recorders:
+            raise ValueError(f"call {call.id} has no recording processor")
+        operation = await call.update_recording_status("recording")
+        await operation.wait()
+        call.speech.recording_status = "recording"
+        call.speech.recording_acknowledged_at = time.monotonic()
+        # Audio that arrived before the acknowledgement and still waits in a ring is not kept.
+        acknowledged = to_ticks(self.media.clock.now())
+        for recorder in recorders:
+            recorder.start(not_before=acknowledged)
+        call.changed()
+
+    async def stop_recording(self, call: Call, status: str = "notRecording") -> None:
+        """Stop the call's recorders, then tell Graph (`notRecording`, or `failed` when a
+        recorder broke). A call Graph has already ended needs no status."""
+        for recorder in self.recorders(call):
+            recorder.stop()
+        if call.speech.recording_status == status or call.state in ("terminating", "terminated"):
+            return
+        try:
+            operation = await call.update_recording_status(
+                "failed" if status == "failed" else "notRecording"
+            )
+            await operation.wait()
+            call.speech.recording_status = status
+            call.changed()
+        except (GraphError, TimeoutError) as exc:
+            logger.warning("Call(%s) recording status %s not set: %s", call.id, status, exc)
+
+    async def _record_on_join(self, call: Call) -> None:
+        try:
+            await self.start_recording(call)
+        except (GraphError, TimeoutError, ValueError) as exc:
+            logger.warning("Call(%s) recording not started: %s", call.id, exc)
 
     def _media_event_threadsafe(self, event: MediaEvent) -> None:
         loop = self._loop

@@ -17,6 +17,7 @@ from bot.graph import shapes
 from bot.graph.client import GraphClient
 from bot.operations import Operation
 from bot.participants import Participant, Roster, RosterUpdate, _context
+from bot.pipeline import CallSpeech
 from media.session import MediaSessionOptions
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Call:
         self.participants: dict[str, Participant] = {}
         self.operations: dict[str, Operation] = {}
         self.events = EventHandlers()
+        self.speech = CallSpeech()  # who speaks, segments, recording status (bot/pipeline.py)
         self.media_session_id: str | None = None
         self.scenario_id = ""
         self.delta_roster = False
@@ -165,12 +167,17 @@ class Call:
             raise CallEndedError(self, state)
 
     async def wait_until(self, predicate: Callable[[Call], bool], within_seconds: float) -> None:
-        """Wait until `predicate(call)` holds after a state change (or already does), e.g. a
-        transfer that was declined is back in `established`. Raises TimeoutError."""
+        """Wait until `predicate(call)` holds after a change (or already does), e.g. a transfer
+        that was declined is back in `established`. Raises TimeoutError."""
         async with asyncio.timeout(within_seconds):
             while not predicate(self):
                 self._changed.clear()
                 await self._changed.wait()
+
+    def changed(self) -> None:
+        """Something about the call besides its state changed (speech, recording status):
+        wake wait_until()."""
+        self._changed.set()
 
     def msi_to_participant(self) -> dict[int, str]:
         """Audio MSIs (roster mediaStreams.sourceId) to participant ids, the bot's own excluded."""
@@ -296,6 +303,9 @@ class Call:
         )
 
     async def hang_up(self) -> None:
+        before = getattr(self.context, "before_hang_up", None)
+        if before is not None:
+            await before(self)  # e.g. recording stopped and its status set while Graph knows us
         await self.request("DELETE")
         if self.context is not None:
             self.context.expect_state(self, "terminated")

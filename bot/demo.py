@@ -44,7 +44,7 @@ class SpeakerTally:
         self.seen += 1
         for msi in frame.active_speakers:
             self.frames[msi] = self.frames.get(msi, 0) + 1
-        return frame
+        return None  # a tap: says nothing
 
 
 def write_wav(path: Path, recording: Recording, rate_hz: int = 16_000) -> None:
@@ -116,7 +116,11 @@ async def run_demo(
     tally = SpeakerTally()
     run = ScenarioRun()
     stats: dict[str, dict[str, int]] = {}
-    bot = Bot(env.settings, processors=lambda: [tally, run.heard, EchoProcessor()])
+    recordings = out_dir / "recordings"
+    # Recorder and timeline come from settings, as a deployment would configure them
+    # (BOT_PROCESSORS); the recorder starts once Graph acknowledged the recording status.
+    settings = env.settings.replace(processors="recorder,timeline", recordings_dir=str(recordings))
+    bot = Bot(settings, processors=lambda ctx: [tally, run.heard, EchoProcessor()])
     table = dict(played.bot)
     if seconds is not None:
         table["seconds"] = seconds
@@ -127,11 +131,7 @@ async def run_demo(
             return
         s = stats[record.call.id] = dict(session.stats)
         if show:
-            names = sorted({p.display_name for p in record.call.participants.values()} - {""})
-            print(
-                f"  {record.call.state:12s} received {s.get('received', 0):5d}  "
-                f"sent {s.get('sent', 0):5d}  roster {', '.join(names)}"
-            )
+            print_live(record, s)
 
     async def ring() -> int:
         await emulator_thread.run_async(ring_incoming(emulator, bot.callback_url))
@@ -182,6 +182,14 @@ async def run_demo(
         "speaker_frames": {str(msi): n for msi, n in sorted(tally.frames.items())},
         "frames_processed": tally.seen,
         "hot_loop_late_ticks": bot.media.hot_loop.stats.late_ticks,
+        "recording_status": first.speech.recording_status,
+        "recordings": sorted(str(p.relative_to(out_dir)) for p in recordings.rglob("*.wav")),
+        "timeline_png": next((str(p) for p in recordings.rglob("timeline.png")), None),
+        "speech_segments": {
+            str(msi): len(segments)
+            for msi, segments in sorted(first.speech.segments_by_msi().items())
+            if msi >= 0
+        },
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     if json_path is not None:
@@ -189,6 +197,26 @@ async def run_demo(
     if show:
         print_summary(summary, wav_dir / "participant_heard.wav")
     return summary
+
+
+def print_live(record: CallRecord, stats: dict[str, int]) -> None:
+    """One block per second: the call, then each participant with their speaking state."""
+    call = record.call
+    print(
+        f"  {call.state:12s} recording: {call.speech.recording_status:12s} "
+        f"frames in {stats.get('received', 0):5d} out {stats.get('sent', 0):5d}"
+    )
+    for participant in sorted(call.participants.values(), key=lambda p: p.display_name):
+        msis = participant.msis("audio")
+        if not participant.display_name or not msis:
+            continue
+        speaking = any(msi in call.speech.speaking for msi in msis)
+        dominant = call.speech.dominant in msis
+        state = "speaking" if speaking else ("muted" if participant.is_muted else "-")
+        print(
+            f"    {participant.display_name:24s} MSI {msis[0]:>6d}  {state:9s}"
+            f"{' (dominant)' if dominant else ''}"
+        )
 
 
 def print_summary(summary: dict[str, Any], wav: Path) -> None:
@@ -215,5 +243,8 @@ def print_summary(summary: dict[str, Any], wav: Path) -> None:
         f"delay {summary['echo_delay_ms']:.0f} ms (round trip)"
     )
     print(f"  speakers (MSI)   {summary['speaker_msis']}")
+    print(f"  speech segments  {summary['speech_segments']} (by MSI)")
+    print(f"  recording        {summary['recording_status']}: {', '.join(summary['recordings'])}")
+    print(f"  timeline         {summary['timeline_png']}")
     print(f"  heard audio      {wav}")
     print(f"  took             {summary['wall_seconds']} s")

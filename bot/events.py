@@ -13,7 +13,16 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-CALL_EVENTS = ("state", "participants", "tone", "operation", "terminated", "content_sharing")
+CALL_EVENTS = (
+    "state",
+    "participants",
+    "tone",
+    "operation",
+    "terminated",
+    "content_sharing",
+    "speech",  # bot/pipeline.py: SpeechStarted, SpeechStopped, DominantSpeakerChanged
+    "pipeline",  # ProcessorDisabled, PlayerLow, RecorderFailed
+)
 Handler = Callable[..., Any]
 
 

@@ -64,7 +64,7 @@ class HeardLog:
         speakers = tuple(b.msi for b in frame.unmixed) if frame.unmixed else frame.active_speakers
         capture = frame.original_sender_timestamp / TICKS_PER_SECOND
         self.frames.append(Heard(capture, speakers, frame.concealed))
-        return frame
+        return None  # a tap: says nothing
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,25 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from media.pipeline.vad import VadSettings
+
 ENV_PREFIX = "BOT_"
 EMULATOR_URL = "https://localhost:9443"
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,19 @@ class Settings:
     # Notification keys are fetched again for an unknown kid at most this often (the first
     # unknown kid after start-up at once), so forged kids cannot hammer the key endpoint.
     notification_key_refresh_seconds: float = 60.0
+    # The processing pipeline (docs/processors.md). Processors by entry-point name or dotted
+    # path, comma-separated, and their options as name.key=value;name.key=value.
+    processors: str = ""
+    processor_options: str = ""
+    recordings_dir: str = "recordings"
+    # With a recording processor in the pipeline, set the call's recording status to
+    # `recording` once it is established and start recording when Graph acknowledges it.
+    record_on_join: bool = True
+    # Voice activity (media/pipeline/vad.py): webrtcvad aggressiveness 0..3, hysteresis, floor.
+    vad_mode: int = 2
+    vad_start_ms: int = 60
+    vad_stop_ms: int = 400
+    vad_energy_floor_dbfs: float = -50.0
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, toml_path: str | None = None) -> Settings:
@@ -84,7 +110,9 @@ class Settings:
         parsed: dict[str, Any] = {}
         for name, value in values.items():
             kind = str(known[name].type)
-            if "int" in kind and value is not None:
+            if kind == "bool":
+                parsed[name] = _boolean(name, value)
+            elif "int" in kind and value is not None:
                 try:
                     parsed[name] = int(value)
                 except (TypeError, ValueError):
@@ -120,6 +148,18 @@ class Settings:
         for name in ("app_id", "app_secret", "tenant_id", "service_fqdn"):
             if not getattr(self, name):
                 raise SettingsError(f"{name} must not be empty")
+        self.vad()
+
+    def vad(self) -> VadSettings:
+        try:
+            return VadSettings(
+                mode=self.vad_mode,
+                start_ms=self.vad_start_ms,
+                stop_ms=self.vad_stop_ms,
+                energy_floor_dbfs=self.vad_energy_floor_dbfs,
+            )
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

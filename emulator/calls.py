@@ -112,6 +112,11 @@ class EmulatedCall:
     media_queue: deque[MediaJob] = field(default_factory=deque)
     media_worker: asyncio.Task[None] | None = None
     recording_status: str = "notRecording"
+    # (time.monotonic() when the status was acknowledged, status): tests check that no media
+    # was persisted before `recording` was acknowledged.
+    recording_history: deque[tuple[float, str]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY)
+    )
     screen_sharing_role: str = "viewer"
     tone_subscribed: bool = False
     tone_sequence: int = 0

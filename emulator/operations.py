@@ -5,6 +5,7 @@ addLargeGalleryView, and transfer (graph-comms.md 1.2 #8, #14, #18-#22)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -153,6 +154,7 @@ async def update_recording_status(
     operation = add_operation(call, "updateRecordingStatusOperation", client_context(body))
     operation.status = "completed"
     call.recording_status = str(status)
+    call.recording_history.append((time.monotonic(), str(status)))
     call.bot.recording_info = {
         "@odata.type": "#microsoft.graph.recordingInfo",
         "initiator": {"application": {"id": call.app_id}},

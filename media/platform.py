@@ -8,7 +8,7 @@ import concurrent.futures
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,12 +16,17 @@ from aiohttp import web
 from media.clock import Clock, MonotonicClock
 from media.health import HealthChange, LateTickShare, PlatformHealth, PlatformOverloadedError
 from media.network import NetworkSettings
+from media.pipeline.events import EventSink
 from media.pipeline.hotloop import HotLoop
-from media.pipeline.processor import AudioProcessor
+from media.pipeline.processor import Processor, close_processors
+from media.pipeline.vad import VadSettings
 from media.server import ControlStats, close_all, create_app
 from media.session import LocalMediaSession, MediaEvent, MediaSessionOptions
 
 logger = logging.getLogger(__name__)
+
+# A session's processors: a list, or a function of the new session that makes them.
+Processors = Sequence[Processor] | Callable[[LocalMediaSession], Sequence[Processor]]
 
 STARTUP_TIMEOUT_SECONDS = 15.0
 
@@ -85,8 +90,11 @@ class MediaPlatform:
         on_event: Callable[[MediaEvent], None] | None = None,
         clock: Clock | None = None,
         on_health: Callable[[HealthChange], None] | None = None,
+        on_pipeline_events: EventSink | None = None,
+        vad: VadSettings | None = None,
     ) -> None:
-        """on_health runs on the media thread: hand off, do not block."""
+        """on_health runs on the media thread, on_pipeline_events on the hot-loop thread (once
+        per tick with that tick's events): hand off, do not block."""
         self.settings = settings
         self.clock = clock or MonotonicClock()
         try:
@@ -94,7 +102,9 @@ class MediaPlatform:
         except ValueError as exc:
             raise MediaPlatformError(f"media network settings: {exc}") from exc
         self.control_stats = ControlStats()
-        self.hot_loop = HotLoop(self.clock)
+        self.hot_loop = HotLoop(
+            self.clock, sink=on_pipeline_events or (lambda events: None), vad=vad
+        )
         # MediaPlatformHealthChanged (graph-comms.md 4.2): sampled on the media loop.
         self.health = PlatformHealth(
             self.clock,
@@ -161,6 +171,10 @@ class MediaPlatform:
     def stop(self) -> None:
         """Close every session, stop the endpoint, the media thread and the hot loop."""
         self.hot_loop.stop()
+        with self._lock:
+            remaining = list(self._sessions)
+        for session_id in remaining:  # flush recorders and the like of calls still up
+            self._close_processors(session_id, self.hot_loop.remove(session_id))
         self.health.detach()
         loop, thread = self._loop, self._thread
         try:
@@ -194,11 +208,12 @@ class MediaPlatform:
 
     def create_session(
         self,
-        processors: list[AudioProcessor] | None = None,
+        processors: Processors | None = None,
         options: MediaSessionOptions | None = None,
     ) -> LocalMediaSession:
-        """Thread-safe. The processors run on the hot loop over the session's audio.
-        Raises MediaPlatformOverloadedError while the machine is overloaded."""
+        """Thread-safe. The processors run on the hot loop over the session's audio and video.
+        Raises MediaPlatformOverloadedError while the machine is overloaded, and whatever a
+        processor factory raises (the session is then not created)."""
         if not self.bound_port:
             raise MediaPlatformError("the media platform is not started")
         self.health.check_can_create_session()
@@ -210,10 +225,21 @@ class MediaPlatform:
             self._codec_executor,
             self.network,
         )
+        made = list(processors(session) if callable(processors) else processors or [])
+        self.hot_loop.add(
+            session.id,
+            session.audio_socket,
+            made,
+            video_sockets=session.video_sockets,
+            player=session.player,
+        )
         with self._lock:
             self._sessions[session.id] = session
-        self.hot_loop.add(session.id, session.audio_socket, processors or [])
         return session
+
+    def processors(self, session_id: str) -> list[Processor]:
+        """A live session's processors (empty once it is closed)."""
+        return self.hot_loop.processors(session_id)
 
     def session(self, session_id: str) -> LocalMediaSession | None:
         with self._lock:
@@ -223,11 +249,20 @@ class MediaPlatform:
         """Awaitable from any loop: closes the session on the media loop and forgets it."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
-        self.hot_loop.remove(session_id)
+        processors = self.hot_loop.remove(session_id)
+        if processors:
+            await asyncio.to_thread(self._close_processors, session_id, processors)
         if session is None or self._loop is None:
             return
         future = asyncio.run_coroutine_threadsafe(session.close(reason), self._loop)
         await asyncio.wrap_future(future)
+
+    @staticmethod
+    def _close_processors(session_id: str, processors: list[Processor]) -> None:
+        for error in close_processors(processors):
+            logger.error(
+                "MediaPlatform x session %s: processor close failed: %s", session_id, error
+            )
 
     def _emit(self, event: MediaEvent) -> None:
         try:

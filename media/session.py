@@ -35,6 +35,7 @@ from media.events import (
 from media.frames import UnmixedAudioBuffer
 from media.network import NetworkSettings
 from media.network import apply as apply_network
+from media.pipeline.player import OutgoingPlayer
 from media.ring import Ring
 from media.sender import AudioSender, ParkedTrack
 from media.unmixed import MAX_STREAMS, StreamSink, UnmixedAssembler
@@ -129,6 +130,9 @@ class LocalMediaSession:
         self.mp_uri = f"{mp_uri_base}/MediaProcessor/{self.id}"
         self.options = options or MediaSessionOptions()
         self.audio_socket = AudioSocket()
+        # What the bot says besides its processors' output: files, prompts, generated audio,
+        # paced by the hot loop (the Windows library's AudioVideoFramePlayer role).
+        self.player = OutgoingPlayer(self.id)
         self.events: Ring[SocketEvent] = Ring(EVENT_RING)
         self.video_sockets = [
             VideoSocket(i, s, self._send_control_threadsafe, self._socket_event)

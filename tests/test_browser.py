@@ -143,7 +143,7 @@ async def rig(certs: DevCerts) -> AsyncIterator[Rig]:
     emulator = Emulator(emulator_config(certs, meetings=[browser_meeting()]))
     await emulator.start()
     listen = ToneAndListen()
-    bot = Bot(settings_for(emulator, certs), processors=lambda: [listen])
+    bot = Bot(settings_for(emulator, certs), processors=lambda ctx: [listen])
     try:
         await bot.start()
         async with async_playwright() as playwright:

@@ -55,7 +55,7 @@ async def test_status_shows_the_meeting_the_call_and_who_speaks(
     emulator = await scenario_emulator(certs, scenario)
     alice = scenario.participant("alice")
     hears = HearsMsi(alice.msi)
-    bot = Bot(settings_for(emulator, certs), processors=lambda: [hears])
+    bot = Bot(settings_for(emulator, certs), processors=lambda ctx: [hears])
     await bot.start()
     try:
         call = await bot.join(emulator.join_url(scenario.meeting()))

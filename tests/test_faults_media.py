@@ -403,7 +403,7 @@ async def rig(certs: DevCerts) -> AsyncIterator[Rig]:
     await emulator.start()
     holder: list[Rig] = []
     settings = settings_for(emulator, certs).replace(media_lost_timeout_seconds=MEDIA_LOST_TIMEOUT)
-    bot = Bot(settings, processors=lambda: [holder[0].collect] if holder[0].collect else [])
+    bot = Bot(settings, processors=lambda ctx: [holder[0].collect] if holder[0].collect else [])
     # These tests are about faults, not admission control (tests/test_health.py): a machine
     # loaded by other work must not make this long-lived bot refuse its next call.
     monitor = bot.media.health.monitor

@@ -33,7 +33,7 @@ async def test_ten_percent_loss_is_concealed_not_gapped(certs: DevCerts) -> None
     emulator = Emulator(emulator_config(certs, media_loss_rate=0.10, media_loss_seed=11))
     await emulator.start()
     collect = Collect()
-    bot = Bot(settings_for(emulator, certs), processors=lambda: [collect])
+    bot = Bot(settings_for(emulator, certs), processors=lambda ctx: [collect])
     await bot.start()
     try:
         call = await bot.join(emulator.join_url(emulator.config.meetings[0]))

@@ -100,7 +100,7 @@ async def rig(certs: DevCerts) -> AsyncIterator[Rig]:
     emulator = Emulator(emulator_config(certs, meetings=[four_speakers()]))
     await emulator.start()
     collect = Collect()
-    bot = Bot(settings_for(emulator, certs), processors=lambda: [collect])
+    bot = Bot(settings_for(emulator, certs), processors=lambda ctx: [collect])
     await bot.start()
     try:
         yield Rig(emulator, bot, collect)

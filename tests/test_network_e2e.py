@@ -38,7 +38,7 @@ async def test_candidates_use_the_public_ip_and_the_port_range(
         instance_public_ip=PUBLIC_IP, media_port_min=start, media_port_max=start + 9
     )
     first = FirstFrame()
-    bot = Bot(settings, processors=lambda: [first])
+    bot = Bot(settings, processors=lambda ctx: [first])
     await bot.start()
     try:
         call = await bot.join(emulator.join_url(emulator.config.meetings[0]))

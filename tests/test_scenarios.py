@@ -11,6 +11,7 @@ the edge by a frame either way.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from emulator import Emulator
 from emulator.incoming import ring_incoming
 from emulator.participant import ParticipantScript
 from emulator.scenario import Scenario, ScenarioError, load, names, parse
+from media.clock import TICKS_PER_SECOND
+from media.pipeline.events import MIXED, SpeechStopped
 from tests.conftest import APP_ID, emulator_config, settings_for
 
 FRAME_SLACK = 0.06
@@ -40,6 +43,7 @@ SHIPPED_TESTS = {
     "redirect",
     "two-tenants",
     "flaky-network",
+    "turns",
 }
 
 
@@ -58,20 +62,26 @@ class Played:
 
 @asynccontextmanager
 async def played(
-    certs: DevCerts, name: str, seconds: float | None = None, delta_roster: bool = False
+    certs: DevCerts,
+    name: str,
+    seconds: float | None = None,
+    delta_roster: bool = False,
+    unmixed: bool | None = None,
 ) -> AsyncIterator[Played]:
     """Run scenario `name` to its end against the bot (staying `seconds` if given, asking for
-    delta rosters if told); the emulator stays up for assertions."""
+    delta rosters or unmixed audio if told); the emulator stays up for assertions."""
     scenario = load(name)
     if seconds is not None:
         scenario.bot["seconds"] = seconds
     if delta_roster:
         scenario.bot["delta_roster"] = True
+    if unmixed is not None:
+        scenario.bot["unmixed"] = unmixed
     config = scenario.config(**_base_config(certs))
     emulator = Emulator(config)
     await emulator.start()
     run = ScenarioRun()
-    bot = Bot(settings_for(emulator, certs), processors=lambda: [run.heard])
+    bot = Bot(settings_for(emulator, certs), processors=lambda ctx: [run.heard])
     await bot.start()
     try:
         meeting = scenario.meeting(scenario.bot.get("meeting")) if scenario.meetings else None
@@ -358,3 +368,69 @@ def test_bad_scenarios_say_what_is_wrong(tmp_path: Any) -> None:
             parse(data, label, tmp_path)
     with pytest.raises(ScenarioError, match="no scenario named"):
         load("no-such-scenario")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    msi: int
+    start: float
+    end: float
+
+
+def vad_report(
+    p: Played, record: CallRecord, tolerance: float = 0.06
+) -> tuple[list[Utterance], list[tuple[Utterance, float, float]], list[SpeechStopped]]:
+    """The script's utterances, each with the onset and offset error of the bot's VAD segment
+    for that speaker that overlaps it most (inf when none does), and the segments that match
+    no utterance. Times are media seconds: capture time minus the media start."""
+    start = p.media_start(record)
+    utterances = [
+        Utterance(person.msi, a, b)
+        for person in p.scenario.meetings[0].participants
+        for a, b in person.talk or ()
+    ]
+    segments = [s for s in record.call.speech.segments if s.msi != MIXED]
+    used: set[int] = set()
+    matched = []
+    for u in utterances:
+        best, overlap = None, 0.0
+        for i, seg in enumerate(segments):
+            a = seg.start / TICKS_PER_SECOND - start
+            b = seg.end / TICKS_PER_SECOND - start
+            shared = min(b, u.end) - max(a, u.start)
+            if seg.msi == u.msi and shared > overlap:
+                best, overlap = i, shared
+        if best is None:
+            matched.append((u, math.inf, math.inf))
+            continue
+        used.add(best)
+        seg = segments[best]
+        matched.append(
+            (
+                u,
+                seg.start / TICKS_PER_SECOND - start - u.start,
+                seg.end / TICKS_PER_SECOND - start - u.end,
+            )
+        )
+    extra = [seg for i, seg in enumerate(segments) if i not in used]
+    return utterances, matched, extra
+
+
+@pytest.mark.parametrize("unmixed", [True, False], ids=["unmixed", "mixed"])
+async def test_turns_vad_segments_match_the_script(certs: DevCerts, unmixed: bool) -> None:
+    """VAD onset and offset within 60 ms of the script for at least 95% of utterances, per
+    speaker: unmixed (a detector per speaker's buffer) and mixed (the mix's detector, credited
+    to the frame's active speakers)."""
+    async with played(certs, "turns", unmixed=unmixed) as p:
+        record = p.run.calls[0]
+        utterances, matched, extra = vad_report(p, record)
+        within = [m for m in matched if abs(m[1]) <= 0.06 and abs(m[2]) <= 0.06]
+        assert len(utterances) == 21
+        assert len(within) / len(utterances) >= 0.95, [
+            (u.msi, u.start, round(on, 3), round(off, 3)) for u, on, off in matched
+        ]
+        # No made-up speech: a segment that matches no utterance is a false detection.
+        assert len(extra) <= 1, extra
+        # The call saw who spoke: speaking state empties at the end, names come from the roster.
+        names = p.bot.speaker_names(record.call.media_session_id or "")
+        assert not names or set(names) <= {5101, 5102, 5103}

@@ -34,6 +34,7 @@ from bot.settings import Settings  # noqa: E402
 from emulator import Emulator, EmulatorConfig  # noqa: E402
 from media.clock import TICKS_PER_SECOND  # noqa: E402
 from media.frames import AudioFrame  # noqa: E402
+from media.pipeline.processor import ProcessorContext  # noqa: E402
 
 FRAME_SECONDS = 0.020
 FRAMES_PER_SECOND = 50
@@ -259,7 +260,7 @@ def bot_role(conn: Connection, settings: Settings, join_url: str, freeze: bool) 
 async def _bot_main(conn: Connection, settings: Settings, join_url: str, freeze: bool) -> None:
     recorders: list[EchoRecorder] = []
 
-    def processors() -> list[Any]:
+    def processors(context: ProcessorContext) -> list[Any]:
         recorder = EchoRecorder()
         recorders.append(recorder)
         return [recorder]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from media.frames import AudioFrame
+from media.pipeline.processor import ProcessorContext
 
 
 class EchoProcessor:
@@ -10,3 +11,7 @@ class EchoProcessor:
 
     def process(self, frame: AudioFrame) -> AudioFrame | None:
         return frame
+
+
+def echo_factory(context: ProcessorContext) -> EchoProcessor:
+    return EchoProcessor()

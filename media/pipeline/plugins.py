@@ -1,0 +1,150 @@
+"""Finding processors: the `bot.processors` entry-point group and dotted paths.
+
+A spec names a processor factory (a callable taking a ProcessorContext and returning a
+processor; a processor class whose constructor takes the context works as is):
+
+- an entry-point name in the `bot.processors` group, e.g. `recorder` (this package's own are
+  declared in pyproject.toml; another package adds its own the same way, no fork needed);
+- a dotted path, `package.module:attribute` or `package.module.attribute`.
+
+Settings list specs as `BOT_PROCESSORS="recorder,timeline,mypkg.vad:Loudness"` and give them
+options as `BOT_PROCESSOR_OPTIONS="recorder.rotate_mb=100;gain.gain_db=-3"`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import entry_points
+
+from media.pipeline.processor import (
+    AudioProcessor,
+    Processor,
+    ProcessorContext,
+    ProcessorFactory,
+    VideoProcessor,
+    close_processors,
+)
+
+ENTRY_POINT_GROUP = "bot.processors"
+
+
+class ProcessorSpecError(ValueError):
+    """A processor spec or its options cannot be used; the message says which and why."""
+
+
+def available() -> dict[str, str]:
+    """Entry-point names in the group and what they point at."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _import(path: str) -> object:
+    module_name, sep, attribute = path.partition(":")
+    if not sep:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ProcessorSpecError(f"processor {path!r}: expected package.module:attribute")
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ProcessorSpecError(f"processor {path!r}: cannot import {module_name}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ProcessorSpecError(
+                f"processor {path!r}: {module_name} has no {attribute}"
+            ) from None
+    return target
+
+
+def load_factory(spec: str) -> ProcessorFactory:
+    """The factory a spec names. Raises ProcessorSpecError naming the spec."""
+    spec = spec.strip()
+    if not spec:
+        raise ProcessorSpecError("empty processor spec")
+    if ":" in spec or "." in spec:
+        target = _import(spec)
+    else:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+        if not matches:
+            names = ", ".join(sorted(available())) or "none installed"
+            raise ProcessorSpecError(
+                f"processor {spec!r} is not in the {ENTRY_POINT_GROUP} entry points ({names})"
+            )
+        try:
+            target = matches[0].load()
+        except Exception as exc:  # a broken plug-in package: say which
+            raise ProcessorSpecError(f"processor {spec!r}: loading it failed: {exc!r}") from exc
+    if not callable(target):
+        raise ProcessorSpecError(f"processor {spec!r} is not callable")
+    factory: Callable[[ProcessorContext], object] = target
+    return factory  # type: ignore[return-value]
+
+
+def parse_options(text: str) -> dict[str, dict[str, str]]:
+    """`name.key=value;name.key=value` to {name: {key: value}}. Raises ProcessorSpecError."""
+    options: dict[str, dict[str, str]] = {}
+    for item in text.replace("\n", ";").split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        name, dot, option = key.strip().partition(".")
+        if not sep or not dot or not name or not option:
+            raise ProcessorSpecError(f"processor option {item!r}: expected name.key=value")
+        options.setdefault(name, {})[option.strip()] = value.strip()
+    return options
+
+
+def parse_specs(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def build(
+    specs: Iterable[str],
+    context: ProcessorContext,
+    options: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[Processor]:
+    """Make one session's processors. Options are looked up by the spec as written (and by
+    its last dotted part, so `mypkg.mod:Thing` takes `Thing.key=value`)."""
+    made: list[Processor] = []
+    try:
+        for spec in specs:
+            made.append(_make(spec, context, options))
+    except BaseException:
+        close_processors(made)  # a later spec failed: release what the earlier ones hold
+        raise
+    return made
+
+
+def _make(
+    spec: str, context: ProcessorContext, options: Mapping[str, Mapping[str, str]] | None
+) -> Processor:
+    factory = load_factory(spec)
+    short = spec.replace(":", ".").rsplit(".", 1)[-1]
+    own = dict((options or {}).get(short, {}))
+    own.update((options or {}).get(spec, {}))
+    try:
+        processor = factory(_with_options(context, own))
+    except ValueError as exc:
+        raise ProcessorSpecError(f"processor {spec!r}: {exc}") from exc
+    if not isinstance(processor, AudioProcessor | VideoProcessor):
+        raise ProcessorSpecError(
+            f"processor {spec!r} made {processor!r}, which has no name and "
+            "process(frame) or process_video(frame)"
+        )
+    return processor
+
+
+def _with_options(context: ProcessorContext, options: Mapping[str, str]) -> ProcessorContext:
+    if not options:
+        return context
+    return ProcessorContext(
+        session_id=context.session_id,
+        call_id=context.call_id,
+        out_dir=context.out_dir,
+        options={**context.options, **options},
+        names=context.names,
+        emit=context.emit,
+    )
