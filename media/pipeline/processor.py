@@ -14,6 +14,7 @@ media/pipeline/plugins.py for discovery through entry points and dotted paths).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,9 @@ def close_processors(processors: list[Processor]) -> list[str]:
     return errors
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
 def _no_names() -> Mapping[int, str]:
     return {}
 
@@ -103,6 +107,15 @@ class ProcessorContext:
 
     def option(self, key: str, default: str) -> str:
         return self.options.get(key, default)
+
+    def session_dir(self) -> Path:
+        """Where this session's files go: `<dir option or out_dir>/<session id>`, the id reduced
+        to characters safe in a file name. Recorders and the timeline share it, so a call's
+        recordings and its timeline sit together; the whole id, since prefixes of UUIDs can
+        clash and a clash would lose a recording."""
+        base = Path(self.option("dir", "")) if self.option("dir", "") else self.out_dir
+        safe = _UNSAFE.sub("_", self.session_id).strip(".") or "session"
+        return base / safe
 
 
 ProcessorFactory = Callable[[ProcessorContext], Processor]

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import sys
 import threading
 from dataclasses import dataclass, field, replace
@@ -828,16 +827,6 @@ class VideoRecorder(_Recorder[_VideoTake]):
 # -- factories for the plug-in system (media/pipeline/plugins.py) --------------------------------
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def session_dir(ctx: ProcessorContext) -> Path:
-    """`<dir option or ctx.out_dir>/<session id>`, the id reduced to characters safe in a name."""
-    base = Path(ctx.option("dir", "")) if ctx.option("dir", "") else ctx.out_dir
-    safe = _UNSAFE.sub("_", ctx.session_id).strip(".") or "session"
-    return base / safe
-
-
 def _bool_option(ctx: ProcessorContext, key: str, default: bool) -> bool:
     value = ctx.option(key, "true" if default else "false")
     if value.strip().lower() in ("true", "1", "yes", "on"):
@@ -884,7 +873,7 @@ def recorder_factory(ctx: ProcessorContext) -> AudioRecorder:
     if not (mixed or per_speaker):
         raise ValueError("options mixed='false' and per_speaker='false': nothing to record")
     return AudioRecorder(
-        session_dir(ctx),
+        ctx.session_dir(),
         ctx.session_id,
         mixed=mixed,
         per_speaker=per_speaker,
@@ -906,7 +895,7 @@ def video_recorder_factory(ctx: ProcessorContext) -> VideoRecorder:
     if not 1 <= fps <= 240:
         raise ValueError(f"option fps={fps_text!r}: expected 1..240")
     return VideoRecorder(
-        session_dir(ctx),
+        ctx.session_dir(),
         ctx.session_id,
         fps=fps,
         rotate_bytes=rotate_bytes,

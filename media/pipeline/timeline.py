@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,17 +238,6 @@ class TimelineProcessor:
             logger.exception("TimelineProcessor x %s: writing the timeline failed", self.session_id)
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def session_dir(ctx: ProcessorContext) -> Path:
-    """`<dir option or ctx.out_dir>/<session id>`: the same directory the recorder's factory
-    uses (media/pipeline/recorder.py), so a call's recording and its timeline sit together."""
-    base = Path(ctx.option("dir", "")) if ctx.option("dir", "") else ctx.out_dir
-    safe = _UNSAFE.sub("_", ctx.session_id).strip(".") or "session"
-    return base / safe
-
-
 def timeline_factory(ctx: ProcessorContext) -> TimelineProcessor:
     """Option `dir`: where session directories go (default: the context's out_dir)."""
-    return TimelineProcessor(ctx.session_id, session_dir(ctx), ctx.names)
+    return TimelineProcessor(ctx.session_id, ctx.session_dir(), ctx.names)
