@@ -12,7 +12,7 @@ import numpy as np
 from emulator.signal import VoiceLikeSignal
 from media.audio_socket import AudioSocket
 from media.clock import FakeClock, MonotonicClock
-from media.frames import AudioFrame, UnmixedAudioBuffer, silence
+from media.frames import AudioFrame, UnmixedAudioBuffer, VideoFrame, silence
 from media.pipeline import EchoProcessor, HotLoop
 from media.pipeline.events import (
     PipelineEvent,
@@ -24,6 +24,7 @@ from media.pipeline.events import (
 from media.pipeline.hotloop import MAX_SLOW_CALLS, TICK_SECONDS
 from media.pipeline.player import OutgoingPlayer, PcmSource
 from media.pipeline.vad import FRAME_TICKS
+from media.video import VideoSocket, VideoSocketSettings
 
 WAIT_SECONDS = 10.0
 
@@ -328,3 +329,46 @@ def test_remove_closes_open_segments_and_returns_the_processors() -> None:
     assert [(e.msi, e.start, e.end) for e in stopped] == [(3, 0, 5 * FRAME_TICKS)]
     assert listener.log[-1] == "SpeechStopped"
     assert loop.remove("s") == []
+
+
+class Pictures:
+    """A video processor: remembers (socket, msi, size) of what it got."""
+
+    name = "pictures"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int | None, int]] = []
+
+    def process_video(self, frame: VideoFrame) -> None:
+        self.seen.append((frame.socket_id, frame.msi, frame.width))
+
+
+def nv12(width: int, socket_id: int, msi: int) -> VideoFrame:
+    data = np.zeros(width * (width // 2) * 3 // 2, np.uint8)
+    return VideoFrame(data, width, width // 2, timestamp=0, msi=msi, socket_id=socket_id)
+
+
+def test_video_processors_get_each_sockets_newest_frame_once() -> None:
+    loop = HotLoop(FakeClock())
+    sockets = [
+        VideoSocket(i, VideoSocketSettings("recvonly"), lambda m: None, lambda e: None)
+        for i in range(2)
+    ]
+    pictures = Pictures()
+    loop.add("s", AudioSocket(), [pictures], video_sockets=sockets)
+    sockets[0].receive_ring.push(nv12(320, 0, 7))
+    sockets[0].receive_ring.push(nv12(640, 0, 7))  # latest frame wins
+    sockets[1].receive_ring.push(nv12(320, 1, 8))
+    loop.tick()
+    loop.tick()  # nothing new: nothing delivered twice
+    assert pictures.seen == [(0, 7, 640), (1, 8, 320)]
+
+
+def test_without_video_processors_the_sockets_are_left_to_the_bot() -> None:
+    loop = HotLoop(FakeClock())
+    socket = VideoSocket(0, VideoSocketSettings("recvonly"), lambda m: None, lambda e: None)
+    loop.add("s", AudioSocket(), [EchoProcessor()], video_sockets=[socket])
+    socket.receive_ring.push(nv12(320, 0, 7))
+    loop.tick()
+    received = socket.receive()
+    assert received is not None and received.width == 320
