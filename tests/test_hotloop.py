@@ -372,3 +372,42 @@ def test_without_video_processors_the_sockets_are_left_to_the_bot() -> None:
     loop.tick()
     received = socket.receive()
     assert received is not None and received.width == 320
+
+
+class Spiky:
+    """Fast, except on the calls listed: those take 8 ms (over budget, under a tick)."""
+
+    name = "spiky"
+
+    def __init__(self, timer: Ticking, slow_on: set[int], gc: list[float] | None = None) -> None:
+        self.timer = timer
+        self.slow_on = slow_on
+        self.gc = gc
+        self.calls = 0
+
+    def process(self, frame: AudioFrame) -> AudioFrame | None:
+        self.calls += 1
+        if self.calls in self.slow_on:
+            self.timer.now += 0.008
+        if self.gc is not None:  # a 40 ms full collection lands in every call
+            self.timer.now += 0.040
+            self.gc[0] += 0.040
+        return None
+
+
+def test_rare_slow_calls_are_forgiven_and_gc_pauses_are_not_the_processors() -> None:
+    timer = Ticking()
+    collected = [0.0]
+    loop = HotLoop(FakeClock(), perf_counter=timer, gc_seconds=lambda: collected[0])
+    rare = Spiky(timer, slow_on={10, 400, 800})  # three strikes, but 390 good calls apart
+    unlucky = Spiky(timer, slow_on=set(), gc=collected)
+    sockets = [AudioSocket(), AudioSocket()]
+    loop.add("rare", sockets[0], [rare])
+    loop.add("unlucky", sockets[1], [unlucky])
+    for i in range(900):
+        for socket in sockets:
+            socket.receive_ring.push(frame(i))
+        loop.tick()
+    assert rare.calls == unlucky.calls == 900
+    assert loop.stats.disabled == []
+    assert loop.stats.slow_calls == 3

@@ -29,8 +29,12 @@ Gains = npt.ArrayLike | None
 # gain is far beyond any sensible use.
 MAX_GAIN = 65536.0
 
-# A few sources given as a list are cheaper to add one by one than to np.stack first.
-_STACK_FROM = 5
+# Up to this many sources are added row by row. Besides skipping np.stack, this keeps every
+# numpy call at 320 elements: numpy releases the GIL inside larger loops, reductions and
+# matmul, and a hot-loop thread that gives the GIL up mid-tick waits up to the 5 ms switch
+# interval to get it back while the media loop runs (measured in bench/pipeline.py: a (4, 320)
+# sum went from 3 us alone to 47-232 us with one busy thread; row by row it stays at 3-4 us).
+_ROWS_UP_TO = 8
 
 
 def saturate(total: npt.NDArray[np.int32] | npt.NDArray[np.float32]) -> Pcm:
@@ -46,8 +50,13 @@ def mix(stack: Stack, gains: Gains = None) -> Pcm:
     """One frame: the saturated sum of N frames, each times its gain (None: unity, the fast
     path). `stack` is an (N, 320) int16 array or a sequence of 320-sample int16 arrays; N = 0
     gives silence."""
-    if gains is None and not isinstance(stack, np.ndarray) and len(stack) < _STACK_FROM:
-        return _mix_few(stack)
+    if len(stack) <= _ROWS_UP_TO:
+        rows = list(stack) if isinstance(stack, np.ndarray) else stack
+        if isinstance(stack, np.ndarray):
+            _as_stack(stack)  # the shape check a list gets row by row
+        if gains is None:
+            return _mix_few(rows)
+        return _mix_few_weighted(rows, _gains(gains, len(rows)))
     frames = _as_stack(stack)
     if gains is None:
         return saturate(frames.sum(axis=0, dtype=np.int32))
@@ -76,6 +85,15 @@ def _mix_few(frames: Sequence[Pcm]) -> Pcm:
     total = _check(frames[0]).astype(np.int32)
     for frame in frames[1:]:
         np.add(total, _check(frame), out=total)
+    return saturate(total)
+
+
+def _mix_few_weighted(frames: Sequence[Pcm], weights: npt.NDArray[np.float32]) -> Pcm:
+    total = np.zeros(AUDIO_FRAME_SAMPLES, dtype=np.float32)
+    scaled = np.empty(AUDIO_FRAME_SAMPLES, dtype=np.float32)
+    for frame, weight in zip(frames, weights.tolist(), strict=True):
+        np.multiply(_check(frame), weight, out=scaled)
+        np.add(total, scaled, out=total)
     return saturate(total)
 
 
