@@ -43,7 +43,8 @@ Prints progress on stderr and one JSON object as the last line of stdout. --quic
 3 runs of 120 ticks, ladder 400..1000 with 3 s windows, 300 posts per webhook phase. Full
 (about 5 min): 5 runs of 300 ticks, ladder 100..3200 with 8 s windows, bisection, 3 checks of the
 best N, 1000 posts per phase. --profile: cProfile ticks at 400 streams (stderr only).
---gc-freeze: a what-if, gc.freeze() after start-up (the bot does not do this).
+--no-gc-freeze: without gc.freeze() after start-up (the bot freezes unless BOT_GC_FREEZE=false;
+the bare hot-loop parts freeze the same way so all three parts match the bot's default).
 """
 
 from __future__ import annotations
@@ -576,13 +577,11 @@ async def webhook(
 ) -> dict[str, Any]:
     client = await asyncio.to_thread(ClientProcess)
     env = await start_local_environment(out / "env")
-    bot = Bot(env.settings)
+    bot = Bot(env.settings.replace(gc_freeze=gc_freeze))
     phases: dict[str, dict[str, Any]] = {}
     sequence = 0
     try:
-        await bot.start()
-        if gc_freeze:
-            freeze_heap()
+        await bot.start()  # freezes the heap itself when gc_freeze (BOT_GC_FREEZE)
         key = env.emulator.notification_keys[0]
         claims = {
             "iss": NOTIFICATION_ISSUER,
@@ -658,8 +657,8 @@ async def webhook(
 
 
 def freeze_heap() -> None:
-    """--gc-freeze: move every object alive now out of the collector's reach (gc.freeze), so
-    full collections only traverse what was made after. A what-if; the bot does not do this."""
+    """Move every object alive now out of the collector's reach (gc.freeze), so full
+    collections only traverse what was made after: what Bot.start() does (BOT_GC_FREEZE)."""
     gc.collect()
     gc.freeze()
 
@@ -733,7 +732,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (under a minute)")
     parser.add_argument("--profile", action="store_true", help="cProfile ticks at 400 streams")
     parser.add_argument(
-        "--gc-freeze", action="store_true", help="what-if: gc.freeze() after start-up"
+        "--no-gc-freeze", action="store_true", help="no gc.freeze() after start-up (BOT_GC_FREEZE)"
     )
     args = parser.parse_args()
-    print(json.dumps(main(QUICK if args.quick else FULL, args.profile, args.gc_freeze)))
+    print(json.dumps(main(QUICK if args.quick else FULL, args.profile, not args.no_gc_freeze)))

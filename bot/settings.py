@@ -83,6 +83,9 @@ class Settings:
     vad_start_ms: int = 60
     vad_stop_ms: int = 400
     vad_energy_floor_dbfs: float = -50.0
+    # gc.freeze() once started (gc.unfreeze() at stop): full collections then skip everything
+    # alive at start-up, which keeps their pauses short enough for the hot loop and webhook.
+    gc_freeze: bool = True
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, toml_path: str | None = None) -> Settings:

@@ -87,6 +87,7 @@ def settings_for(emu: Emulator, certs: DevCerts) -> Settings:
         cert_file=certs.cert_file,
         key_file=certs.key_file,
         webhook_port=0,
+        gc_freeze=False,  # one process runs hundreds of bots; nothing to gain, memory to lose
         instance_internal_port=0,
     )
 
