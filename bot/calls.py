@@ -271,12 +271,11 @@ class CallCollection:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def _enqueue(self, call: Call, name: str, *args: Any) -> None:
-        self._put(call, (name, args))
-
     def dispatch(self, call: Call, name: str, *args: Any) -> None:
         """Hand an event to the call's handlers and the bot's, on the call's dispatch worker."""
         self._put(call, (name, args))
+
+    _enqueue = dispatch
 
     def _enqueue_coro(self, call: Call, coro: Coroutine[Any, Any, None]) -> None:
         self._put(call, ("__coro__", (coro,)))

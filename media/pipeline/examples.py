@@ -14,7 +14,6 @@ ValueError naming the option and its value. Enable them with BOT_PROCESSORS, e.g
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import threading
@@ -29,6 +28,7 @@ from media.frames import AUDIO_FRAME_MS, AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE_
 from media.pipeline.events import MIXED, PipelineEvent, SpeechStarted, SpeechStopped, frame_time
 from media.pipeline.mixer import saturate
 from media.pipeline.player import check_amplitude, check_frequency, check_tone, render_tone
+from media.pipeline.plugins import import_path
 from media.pipeline.processor import ProcessorContext
 from media.pipeline.timeline import display_name, msi_hex
 from media.ring import Ring
@@ -362,22 +362,10 @@ class TranscriptionHook:
 
 def resolve_callback(path: str) -> SegmentCallback:
     """`package.module:attribute` or `package.module.attribute` to the object it names."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError(f"option callback={path!r}: expected package.module:attribute")
     try:
-        target: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"option callback={path!r}: cannot import {module_name}: {exc}") from None
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(
-                f"option callback={path!r}: {module_name} has no {attribute}"
-            ) from None
+        target = import_path(path)
+    except ValueError as exc:
+        raise ValueError(f"option callback={path!r}: {exc}") from None
     if not callable(target):
         raise ValueError(f"option callback={path!r} is not callable")
     callback: SegmentCallback = target

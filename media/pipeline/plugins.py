@@ -38,23 +38,23 @@ def available() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _import(path: str) -> object:
+def import_path(path: str) -> object:
+    """`package.module:attribute` or `package.module.attribute` to the object it names.
+    Raises ValueError saying what is missing (callers say which setting it came from)."""
     module_name, sep, attribute = path.partition(":")
     if not sep:
         module_name, _, attribute = path.rpartition(".")
     if not module_name or not attribute:
-        raise ProcessorSpecError(f"processor {path!r}: expected package.module:attribute")
+        raise ValueError("expected package.module:attribute")
     try:
         target: object = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ProcessorSpecError(f"processor {path!r}: cannot import {module_name}: {exc}") from exc
+        raise ValueError(f"cannot import {module_name}: {exc}") from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise ProcessorSpecError(
-                f"processor {path!r}: {module_name} has no {attribute}"
-            ) from None
+            raise ValueError(f"{module_name} has no {attribute}") from None
     return target
 
 
@@ -64,7 +64,10 @@ def load_factory(spec: str) -> ProcessorFactory:
     if not spec:
         raise ProcessorSpecError("empty processor spec")
     if ":" in spec or "." in spec:
-        target = _import(spec)
+        try:
+            target = import_path(spec)
+        except ValueError as exc:
+            raise ProcessorSpecError(f"processor {spec!r}: {exc}") from exc
     else:
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
         if not matches:
