@@ -14,7 +14,6 @@ import gc
 import logging
 import ssl
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -492,7 +491,6 @@ class Bot:
         operation = await call.update_recording_status("recording")
         await operation.wait()
         call.speech.recording_status = "recording"
-        call.speech.recording_acknowledged_at = time.monotonic()
         # Audio that arrived before the acknowledgement and still waits in a ring is not kept.
         acknowledged = to_ticks(self.media.clock.now())
         for recorder in recorders:

@@ -44,7 +44,6 @@ class CallSpeech:
     segments: deque[SpeechStopped] = field(default_factory=lambda: deque(maxlen=SEGMENT_HISTORY))
     disabled: list[ProcessorDisabled] = field(default_factory=list)
     recording_status: str = "notRecording"  # as last acknowledged by Graph
-    recording_acknowledged_at: float | None = None  # time.monotonic() of Graph's answer
     failures: list[str] = field(default_factory=list)  # recorder failures, for status
     # Every MSI -> display name the roster showed while someone spoke (names outlive leaving).
     names: dict[int, str] = field(default_factory=dict)

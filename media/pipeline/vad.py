@@ -20,7 +20,6 @@ speaker's buffer has its own detector; a speaker absent from a frame is unvoiced
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -297,10 +296,3 @@ class SessionVad:
                 out.append(
                     SpeechStopped(self.session_id, msi, speaker.gate.start, speaker.gate.end)
                 )
-
-
-def segments_of(
-    events: list[PipelineEvent], keep: Callable[[SpeechStopped], bool] = lambda s: True
-) -> list[SpeechStopped]:
-    """The closed segments among events (tests, timelines)."""
-    return [e for e in events if isinstance(e, SpeechStopped) and keep(e)]
