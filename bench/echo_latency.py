@@ -5,7 +5,7 @@ Both are measured in this run, on this machine, by the same analysis (emulator/a
   -> the bot's receive path -> hot loop (echo) -> the bot's send path -> back at the participant
   (whose receiver is stock aiortc, with its fixed 80 ms jitter prefetch).
 - stock_one_way_ms: a plain aiortc RTCPeerConnection pair on loopback, stock encoder and
-  receiver, sending the same signal one way (perf-baseline.md measured about 108 ms).
+  receiver, sending the same signal one way (about 108 ms measured on a 2-core machine).
 
 Prints one JSON object as the last line. --quick: 3 runs of 3 s each.
 """

@@ -16,7 +16,7 @@ thread). The frames come from a pre-generated pool (pipeline_parts/load.py).
    same way, in the same runs (interleaved): `loop` (no VAD, no processor), `vad`, `vad_mix`,
    `full` (= per_stream_us). The writer thread runs meanwhile, at the ticks' faster-than-real-time
    pace: its GIL time lands in the ticks, its own CPU is writer_cpu_us_per_stream_frame. Stock
-   baselines in the same process (perf-baseline.md section 1): raw webrtcvad.Vad(2).is_speech on
+   baselines in the same process: raw webrtcvad.Vad(2).is_speech on
    one frame and raw numpy mixes (int16 (N, 320) -> int32 sum -> clip -> int16) of N = 16 and 4;
    stock_floor_us = raw VAD + raw 4-mix / 4. gil_contention_probe: the hot loop's own VAD and
    mixing calls alone and with another Python thread runnable (see pipeline_parts/micro.py).
@@ -277,7 +277,8 @@ def per_stream(pool: FramePool, plan: Plan, out: Path, gcw: GcWatch) -> dict[str
         frames[:4], np.asarray(GAINS, dtype=np.float32), plan.micro_calls
     )
     stock_floor = raw_vad + raw_mix4 / SPEAKERS
-    loudest = max(pool.speakers[0][0], key=lambda pcm: float(np.abs(pcm).max()))
+    # Peak in int32: np.abs of int16 -32768 is still -32768, so a full-scale frame would rank last.
+    loudest = max(pool.speakers[0][0], key=lambda pcm: int(np.abs(pcm.astype(np.int32)).max()))
     contention = micro.contention_probe(loudest, frames[:4], np.asarray(GAINS, dtype=np.float32))
     full_runs = runs["full"]
     log(f"baselines: raw VAD {raw_vad:.2f} us, raw mix16 {raw_mix16:.2f} us, mix4 {raw_mix4:.2f}")

@@ -1,7 +1,7 @@
 """The bot: wires settings, the media platform, the Graph client and the webhook together, and
 is the entry point for placing, joining and receiving calls.
 
-Threads (DESIGN.md section 3): this object lives on the control loop (the caller's loop). The
+Threads: this object lives on the control loop (the caller's loop). The
 media platform runs its own media thread and hot-loop thread; its events reach us as plain
 messages through call_soon_threadsafe.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import gc
 import logging
 import ssl
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
-from bot.call import Call
+from bot.call import Call, CallEndedError, DecisionError
 from bot.calls import CallCollection
 from bot.errors import GraphError
 from bot.graph import shapes
@@ -32,7 +33,8 @@ from bot.graph.client import GraphClient, Sleep
 from bot.inbound_auth import NotificationValidator
 from bot.join_url import JoinInfo, parse_join_url
 from bot.keepalive import KeepAlive
-from bot.pipeline import by_session, event_name
+from bot.participants import describe_identity
+from bot.pipeline import by_session, event_name, log_event
 from bot.settings import Settings, SettingsError
 from bot.webhook import STATS, WEBHOOK_PATH, WebhookStats, create_app
 from media import MediaPlatform, MediaPlatformSettings
@@ -40,6 +42,7 @@ from media.clock import to_ticks
 from media.pipeline import plugins
 from media.pipeline.events import PipelineEvent, RecorderFailed, SpeechStarted
 from media.pipeline.processor import Processor, ProcessorContext, Recording, close_processors
+from media.platform import MediaPlatformError
 from media.session import LocalMediaSession, MediaEvent, MediaSessionOptions
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class Bot:
                 instance_public_ip=settings.instance_public_ip,
                 media_port_min=settings.media_port_min,
                 media_port_max=settings.media_port_max,
+                host_addresses=settings.media_host_addresses,
             ),
             on_event=self._media_event_threadsafe,
             on_pipeline_events=self._pipeline_events_threadsafe,
@@ -110,6 +114,8 @@ class Bot:
         self._tasks: set[asyncio.Task[None]] = set()
         self._media_lost: dict[str, asyncio.Task[None]] = {}  # call id -> its media-lost watch
         self._stopping = False
+        # False once stop() began: incoming calls are rejected (busy), join/create refuse.
+        self.admitting = True
         self._graph: GraphClient | None = None
         self.validator: NotificationValidator | None = None
         self.callback_url = ""
@@ -167,7 +173,19 @@ class Bot:
             leeway_seconds=s.notification_leeway_seconds,
             unknown_kid_refresh_seconds=s.notification_key_refresh_seconds,
         )
-        await asyncio.to_thread(self.media.start)
+        try:
+            await asyncio.to_thread(self.media.start)
+        except MediaPlatformError as exc:
+            if isinstance(exc.__cause__, OSError):
+                raise SettingsError(
+                    _bind_error(
+                        "BOT_INSTANCE_INTERNAL_PORT",
+                        s.media_bind_host,
+                        s.instance_internal_port,
+                        exc.__cause__,
+                    )
+                ) from exc
+            raise
         server_ssl = None
         if s.cert_file:
             server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -175,10 +193,28 @@ class Bot:
         self._runner = web.AppRunner(create_app(self.validator, self.calls), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.webhook_host, s.webhook_port, ssl_context=server_ssl)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SettingsError(
+                _bind_error("BOT_WEBHOOK_PORT", s.webhook_host, s.webhook_port, exc)
+            ) from exc
         port = int(self._runner.addresses[0][1])
         self.callback_url = s.callback_url or f"https://{s.service_fqdn}:{port}{WEBHOOK_PATH}"
-        logger.info("Bot webhook at %s, media at %s", self.callback_url, self.media.mp_uri_base)
+        logger.info(
+            "Bot webhook listening on %s, callback URL %s",
+            ", ".join(_host_port(a[0], a[1]) for a in self._runner.addresses),
+            self.callback_url,
+        )
+        net = self.media.network
+        logger.info(
+            "Bot media control listening on %s (%s); media UDP ports %s on %s%s",
+            _host_port(s.media_bind_host, self.media.bound_port),
+            self.media.mp_uri_base,
+            "any" if net.port_min is None else f"{net.port_min}-{net.port_max}",
+            ", ".join(net.bind_addresses or ()) or "discovered addresses",
+            f", advertised as {net.public_ip}" if net.public_ip else "",
+        )
 
     async def _warm_up(self) -> None:
         """Fetch the notification keys and a Graph token now, so the first incoming call does
@@ -191,7 +227,21 @@ class Bot:
             if isinstance(result, BaseException):
                 logger.warning("Bot x could not fetch %s at start: %r", what, result)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_seconds: float | None = None) -> list[str]:
+        """Leave, then shut down: admit no new call, stop every recording and tell Graph
+        (`notRecording`), hang up every call the bot is in and wait for Graph to confirm it,
+        all within `timeout_seconds` (default: the shutdown_timeout_seconds setting); then
+        finalize recorders and release everything. Returns the calls still up in Graph
+        (those it did not confirm in time), as for calls_left_up()."""
+        self.admitting = False
+        left: list[str] = []
+        if self._runner is not None and self._graph is not None:
+            timeout = (
+                self.settings.shutdown_timeout_seconds
+                if timeout_seconds is None
+                else timeout_seconds
+            )
+            left = await self._leave_all(timeout)
         self._stopping = True  # sessions closed by the shutdown are not media lost
         if self.settings.gc_freeze:
             gc.unfreeze()  # what start() froze can be collected again once the bot is gone
@@ -209,8 +259,59 @@ class Bot:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        return left
 
-    # -- placing and joining calls (application-post-calls.md) --------------------------------
+    def calls_left_up(self) -> list[str]:
+        """`id (state)` of every call Graph may still hold for this bot: what an immediate
+        exit would leave up."""
+        return [
+            f"{call.id} ({call.state})"
+            for call in self.calls.calls.values()
+            if call.state not in ("terminated", "")
+        ]
+
+    async def _leave_all(self, timeout_seconds: float) -> list[str]:
+        """Every call the bot is in, in parallel: recording stopped and its status set,
+        then DELETE, then Graph's `terminated` notification; an undecided incoming call is
+        rejected. Waits at most timeout_seconds in all (the webhook is still up to hear
+        Graph's answers)."""
+        calls = [c for c in self.calls.calls.values() if c.state not in ("terminated", "")]
+        if not calls:
+            return []
+        logger.info("Bot stopping: leaving %d call(s)", len(calls))
+        leaving = [
+            asyncio.create_task(self._leave(call), name=f"leave:{call.id}") for call in calls
+        ]
+        _, pending = await asyncio.wait(leaving, timeout=timeout_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*leaving, return_exceptions=True)
+        left = self.calls_left_up()
+        if left:
+            logger.warning(
+                "Bot stopped waiting after %.1f s; left up in Graph: %s",
+                timeout_seconds,
+                ", ".join(left),
+            )
+        return left
+
+    async def _leave(self, call: Call) -> None:
+        try:
+            if call.state == "incoming" and call.decision is None:
+                await call.reject("busy")
+            elif call.state == "terminating":
+                pass  # Graph is ending it: only its `terminated` is awaited
+            else:
+                await call.hang_up()
+            await call.wait_for("terminated", self.settings.shutdown_timeout_seconds)
+        except (GraphError, DecisionError, CallEndedError) as exc:
+            # 404: Graph no longer has the call (its end notification was lost): nothing left.
+            if isinstance(exc, GraphError) and exc.status == 404:
+                self.calls.end(call)
+                return
+            logger.warning("Call(%s) could not be left at stop: %s", call.id, exc)
+
+    # -- placing and joining calls: https://learn.microsoft.com/en-us/graph/api/application-post-calls
 
     async def join(
         self,
@@ -279,7 +380,8 @@ class Bot:
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"chatInfo": chat, "meetingInfo": meeting}
         if guest_name is not None:
-            # Joining as a guest needs Calls.JoinGroupCallAsGuest.All (graph-comms.md 2.1).
+            # Joining as a guest needs Calls.JoinGroupCallAsGuest.All (Permissions in
+            # https://learn.microsoft.com/en-us/graph/api/application-post-calls).
             body["source"] = {
                 "@odata.type": "#microsoft.graph.participantInfo",
                 "identity": shapes.identity_set(
@@ -296,6 +398,8 @@ class Bot:
         delta_roster: bool,
         options: MediaSessionOptions | None = None,
     ) -> Call:
+        if not self.admitting:
+            raise RuntimeError("the bot is stopping: no new call")
         options = options or MediaSessionOptions()
         session = (
             self.media.create_session(self._make_processors, options) if media == "app" else None
@@ -329,6 +433,13 @@ class Bot:
         call.scenario_id = scenario_id
         call.delta_roster = delta_roster
         call.media_session_id = session.id if session is not None else None
+        logger.info(
+            "Call(%s) created: %s (%s-hosted media)",
+            call_id,
+            _describe_request(body),
+            media,
+            extra={"call_id": call_id},
+        )
         state = call.apply_resource(created, deleted=False)
         if state is not None:
             self.calls.notify_state(call, state)
@@ -356,7 +467,7 @@ class Bot:
 
     async def before_hang_up(self, call: Call) -> None:
         """The bot is leaving: recorders stop and the status says so while Graph still knows
-        the call (call-updaterecordingstatus.md)."""
+        the call (https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus)."""
         if call.speech.recording_status == "recording":
             await self.stop_recording(call)
 
@@ -387,6 +498,7 @@ class Bot:
                 call.id,
                 self.settings.incoming_call_fallback,
                 exc,
+                extra={"call_id": call.id},
             )
 
     # -- the processing pipeline (media/pipeline/, bot/pipeline.py) ---------------------------
@@ -465,6 +577,7 @@ class Bot:
                 if isinstance(event, SpeechStarted) and event.msi not in call.speech.names:
                     self._learn_names(call)
                 call.speech.apply(event)
+                log_event(call.id, event)
                 self.calls.dispatch(call, event_name(event), event)
                 if isinstance(event, RecorderFailed) and not self._stopping:
                     self._spawn(self.stop_recording(call, "failed"), f"record-failed:{call.id}")
@@ -489,12 +602,21 @@ class Bot:
         if not recorders:
             raise ValueError(f"call {call.id} has no recording processor")
         operation = await call.update_recording_status("recording")
+        logger.info(
+            "Call(%s) recording status recording requested", call.id, extra={"call_id": call.id}
+        )
         await operation.wait()
         call.speech.recording_status = "recording"
         # Audio that arrived before the acknowledgement and still waits in a ring is not kept.
         acknowledged = to_ticks(self.media.clock.now())
         for recorder in recorders:
             recorder.start(not_before=acknowledged)
+        logger.info(
+            "Call(%s) recording status recording acknowledged: %s started",
+            call.id,
+            ", ".join(r.name for r in recorders),
+            extra={"call_id": call.id},
+        )
         call.changed()
 
     async def stop_recording(self, call: Call, status: str = "notRecording") -> None:
@@ -508,17 +630,37 @@ class Bot:
             operation = await call.update_recording_status(
                 "failed" if status == "failed" else "notRecording"
             )
+            logger.info(
+                "Call(%s) recording status %s requested",
+                call.id,
+                status,
+                extra={"call_id": call.id},
+            )
             await operation.wait()
             call.speech.recording_status = status
+            logger.info(
+                "Call(%s) recording status %s acknowledged",
+                call.id,
+                status,
+                extra={"call_id": call.id},
+            )
             call.changed()
         except (GraphError, TimeoutError) as exc:
-            logger.warning("Call(%s) recording status %s not set: %s", call.id, status, exc)
+            logger.warning(
+                "Call(%s) recording status %s not set: %s",
+                call.id,
+                status,
+                exc,
+                extra={"call_id": call.id},
+            )
 
     async def _record_on_join(self, call: Call) -> None:
         try:
             await self.start_recording(call)
         except (GraphError, TimeoutError, ValueError) as exc:
-            logger.warning("Call(%s) recording not started: %s", call.id, exc)
+            logger.warning(
+                "Call(%s) recording not started: %s", call.id, exc, extra={"call_id": call.id}
+            )
 
     def _media_event_threadsafe(self, event: MediaEvent) -> None:
         loop = self._loop
@@ -555,7 +697,9 @@ class Bot:
             return
         if event.kind == "failed":
             call.media_lost = event.detail or "media failed"
-            logger.warning("Call(%s) media lost: %s", call.id, call.media_lost)
+            logger.warning(
+                "Call(%s) media lost: %s", call.id, call.media_lost, extra={"call_id": call.id}
+            )
         if call.id not in self._media_lost:
             watch = asyncio.create_task(self._watch_media_lost(call), name=f"media-lost:{call.id}")
             self._media_lost[call.id] = watch
@@ -574,14 +718,21 @@ class Bot:
             "Call(%s) media gone for %.1f s and Graph has not ended the call: hanging up",
             call.id,
             timeout,
+            extra={"call_id": call.id},
         )
         try:
             await call.hang_up()
         except GraphError as exc:
             # 404: Graph ended it and its notification was lost. Anything else: a call with no
             # media is of no use, so it ends here either way (Graph's 45-minute inactivity
-            # rule ends its side once keep-alives stop, call-keepalive.md).
-            logger.warning("Call(%s) hang-up after media loss failed: %s", call.id, exc)
+            # rule ends its side once keep-alives stop,
+            # https://learn.microsoft.com/en-us/graph/api/call-keepalive).
+            logger.warning(
+                "Call(%s) hang-up after media loss failed: %s",
+                call.id,
+                exc,
+                extra={"call_id": call.id},
+            )
             self.calls.end(call)
             return
         try:
@@ -606,6 +757,36 @@ class Bot:
             return await asyncio.wait_for(future, within_seconds)
         finally:
             self._media_waiters = [w for w in self._media_waiters if w[1] is not future]
+
+
+def _describe_request(body: Mapping[str, Any]) -> str:
+    """What a POST /communications/calls asks for, as a log line says it."""
+    meeting = body.get("meetingInfo")
+    if isinstance(meeting, dict):
+        chat = body.get("chatInfo")
+        thread = chat.get("threadId") if isinstance(chat, dict) else None
+        return f"joining meeting {thread or meeting.get('joinMeetingId') or '(no id)'}"
+    targets = body.get("targets") or []
+    return "calling " + ", ".join(
+        describe_identity(t.get("identity") if isinstance(t, dict) else None) for t in targets
+    )
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_error(setting: str, host: str, port: int, exc: OSError) -> str:
+    """One line for a listener that could not start: the setting, the address, why."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "already in use (another bot or program listens there)"
+    elif exc.errno == errno.EACCES:
+        why = "not allowed (ports below 1024 need privileges)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "not an address of this machine"
+    else:
+        why = exc.strerror or str(exc)
+    return f"{setting}={port}: cannot listen on {host}:{port}: {why}"
 
 
 __all__ = ["Bot", "JoinInfo"]

@@ -1,6 +1,7 @@
 """A call: its state kept current from notifications, and every operation Graph offers on it.
 
-Operations follow graph-comms.md section 1.2 (one method per endpoint). Those that return a
+Operations follow Graph's call API, one method per endpoint
+(https://learn.microsoft.com/en-us/graph/api/resources/call#methods). Those that return a
 commsOperation return an Operation; await `op.wait()` for its outcome.
 """
 
@@ -16,15 +17,16 @@ from bot.events import EventHandlers
 from bot.graph import shapes
 from bot.graph.client import GraphClient
 from bot.operations import Operation
-from bot.participants import Participant, Roster, RosterUpdate, _context
+from bot.participants import Participant, Roster, RosterUpdate, _context, describe_identity
 from bot.pipeline import CallSpeech
 from media.session import MediaSessionOptions
 
 logger = logging.getLogger(__name__)
 
-# Forward order of call states (graph-comms.md 1.4). "establishing"/"established" may arrive out
-# of order, so a notification never moves a call backwards along this order, except the one
-# documented way back: a failed transfer returns to "established".
+# Forward order of call states (https://learn.microsoft.com/en-us/graph/api/resources/call).
+# "establishing"/"established" may arrive out of order, so a notification never moves a call
+# backwards along this order, except the one documented way back: a failed transfer returns to
+# "established".
 STATE_ORDER = {
     "incoming": 0,
     "establishing": 1,
@@ -116,7 +118,9 @@ class Call:
 
     def apply_state(self, state: str) -> str | None:
         if state not in STATE_ORDER:
-            logger.info("Call(%s) ignores unknown state %r", self.id, state)
+            logger.info(
+                "Call(%s) ignores unknown state %r", self.id, state, extra={"call_id": self.id}
+            )
             return None
         back_from_transfer = state == "established" and self.state in (
             "transferring",
@@ -124,10 +128,21 @@ class Call:
         )
         if STATE_ORDER[state] < STATE_ORDER.get(self.state, 0) and not back_from_transfer:
             self.stale_states += 1
-            logger.info("Call(%s) ignores stale %s after %s", self.id, state, self.state)
+            logger.info(
+                "Call(%s) ignores stale %s after %s",
+                self.id,
+                state,
+                self.state,
+                extra={"call_id": self.id},
+            )
             return None
         if self.states_seen and self.states_seen[-1] == state:
             return None
+        if self.states_seen:
+            change = f"{self.states_seen[-1]} -> {state}"
+        else:
+            change = state
+        logger.info("Call(%s) state %s", self.id, change, extra={"call_id": self.id})
         self.states_seen.append(state)
         self.state = state
         self._changed.set()
@@ -232,7 +247,8 @@ class Call:
                 del self.operations[oldest]
         return op
 
-    # -- answering an incoming call (call-answer.md, call-reject.md, call-redirect.md) ---------
+    # -- answering an incoming call: https://learn.microsoft.com/en-us/graph/api/call-answer,
+    # .../call-reject and .../call-redirect ------------------------------------------------------
 
     async def answer(
         self,
@@ -269,11 +285,19 @@ class Call:
             body["participantCapacity"] = participant_capacity
         self._claim("answered")
         await self.request("POST", "/answer", body, self.answer_deadline)
+        logger.info(
+            "Call(%s) answered (%s-hosted media, %s)",
+            self.id,
+            media,
+            ", ".join(modalities),
+            extra={"call_id": self.id},
+        )
         self.context.expect_state(self, "established")
 
     async def reject(self, reason: Literal["none", "busy", "forbidden"] = "none") -> None:
         self._claim("rejected")
         await self.request("POST", "/reject", {"reason": reason}, self.answer_deadline)
+        logger.info("Call(%s) rejected (reason %s)", self.id, reason, extra={"call_id": self.id})
 
     async def redirect(
         self, targets: Sequence[dict[str, Any]], timeout_seconds: int | None = None
@@ -291,6 +315,12 @@ class Call:
             body["timeout"] = timeout_seconds
         self._claim("redirected")
         await self.request("POST", "/redirect", body, self.answer_deadline)
+        logger.info(
+            "Call(%s) redirected to %s",
+            self.id,
+            ", ".join(describe_identity(t) for t in targets),
+            extra={"call_id": self.id},
+        )
 
     # -- in-call operations --------------------------------------------------------------------
 
@@ -307,11 +337,13 @@ class Call:
         if before is not None:
             await before(self)  # e.g. recording stopped and its status set while Graph knows us
         await self.request("DELETE")
+        logger.info("Call(%s) hung up (DELETE accepted)", self.id, extra={"call_id": self.id})
         if self.context is not None:
             self.context.expect_state(self, "terminated")
 
     async def keep_alive(self) -> None:
-        """POST keepAlive: Graph ends a call with no request for 45 minutes (call-keepalive.md)."""
+        """POST keepAlive: Graph ends a call with no request for 45 minutes
+        (https://learn.microsoft.com/en-us/graph/api/call-keepalive)."""
         await self.request("POST", "/keepAlive")
 
     async def mute(self, client_context: str | None = None) -> Operation:
@@ -364,7 +396,8 @@ class Call:
         stop_tones: Sequence[str] = (),
         client_context: str | None = None,
     ) -> Operation:
-        """Service-hosted media only (call-record.md): record a response, at most 2 minutes."""
+        """Service-hosted media only: record a response, at most 2 minutes
+        (https://learn.microsoft.com/en-us/graph/api/call-record)."""
         for name, value in (
             ("initial silence", initial_silence_timeout_seconds),
             ("max silence", max_silence_timeout_seconds),
@@ -383,7 +416,7 @@ class Call:
         }
         if prompt is not None:
             body["prompts"] = [shapes.media_prompt(*prompt)]
-        # call-record.md: the action is named recordResponse in the URL.
+        # The action is named recordResponse in the URL (https://learn.microsoft.com/en-us/graph/api/call-record).
         return await self.operation("/recordResponse", body)
 
     async def cancel_media_processing(self, client_context: str | None = None) -> Operation:
@@ -398,7 +431,7 @@ class Call:
         replaces_call_id: str | None = None,
         client_context: str | None = None,
     ) -> Operation:
-        """participants/invite (participant-invite.md)."""
+        """participants/invite (https://learn.microsoft.com/en-us/graph/api/participant-invite)."""
         body = {
             "participants": [
                 shapes.invitation_participant(i, replaces_call_id) for i in identities

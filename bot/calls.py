@@ -1,6 +1,8 @@
 """The call collection: every call's state kept current from notifications, and user events
-dispatched sequentially per call, off the webhook's request path (graph-comms.md 1.7:
-"one queue per root resource, sequential callbacks; handlers must not block").
+dispatched sequentially per call, off the webhook's request path, as the .NET Graph
+Communications SDK does: one queue per root resource, sequential callbacks, handlers must not
+block ("Notification Dispatching" in microsoftgraph/microsoft-graph-comms-samples,
+docs/articles/index.html).
 
 State is applied synchronously when a notification arrives (it is cheap and keeps `wait_for`
 exact); handlers run on a per-call worker fed by a bounded queue.
@@ -25,12 +27,15 @@ from bot.notifications import (
     RosterChanged,
     parse,
 )
+from bot.participants import describe_identity
 from bot.reconcile import Reconciler
 
 logger = logging.getLogger(__name__)
 
-ANSWER_WINDOW_SECONDS = 15.0  # call-answer.md: answer, reject or redirect within 15 s
-POLICY_RECORDING_WINDOW_SECONDS = 5.0  # ... and within 5 s for policy-based recording
+# Answer, reject or redirect within 15 s, within 5 s for policy-based recording
+# (https://learn.microsoft.com/en-us/graph/api/call-answer).
+ANSWER_WINDOW_SECONDS = 15.0
+POLICY_RECORDING_WINDOW_SECONDS = 5.0
 DECISION_FRACTION = 0.6  # user code gets this share of the window before the fallback acts
 DISPATCH_QUEUE_EVENTS = 256
 DEDUPE_MEMORY = 4096  # resources remembered for duplicate detection
@@ -129,6 +134,7 @@ class CallCollection:
                 note.call_id,
                 item.get("changeType"),
                 item.get("resourceUrl") or item.get("resource"),
+                extra={"call_id": note.call_id},
             )
             return
         call = self.get_or_add(note.call_id)
@@ -176,6 +182,14 @@ class CallCollection:
             policy = isinstance(context, dict) and bool(context.get("observedParticipantId"))
             window = POLICY_RECORDING_WINDOW_SECONDS if policy else ANSWER_WINDOW_SECONDS
             call.answer_deadline = asyncio.get_running_loop().time() + window * self._window_scale
+            source = note.resource.get("source")
+            logger.info(
+                "Call(%s) incoming from %s%s",
+                call.id,
+                describe_identity(source.get("identity") if isinstance(source, dict) else None),
+                " (policy-based recording)" if policy else "",
+                extra={"call_id": call.id},
+            )
         new_state = call.apply_resource(note.resource, deleted=note.change_type == "deleted")
         tone = note.resource.get("toneInfo")
         if isinstance(tone, dict) and isinstance(tone.get("tone"), str):
@@ -197,7 +211,12 @@ class CallCollection:
         new_state = call.apply_resource(resource, deleted=False)
         if new_state is None:
             return
-        logger.info("Call(%s) is %s (read back; its notification was lost)", call.id, new_state)
+        logger.info(
+            "Call(%s) is %s (read back; its notification was lost)",
+            call.id,
+            new_state,
+            extra={"call_id": call.id},
+        )
         self.notify_state(call, new_state)
         if new_state == "established":
             self.reconciler.resync_roster(call)  # the first roster was likely lost with it
@@ -213,6 +232,7 @@ class CallCollection:
             len(update.added),
             len(update.updated),
             len(update.removed),
+            extra={"call_id": call.id},
         )
         if update:
             self._enqueue(call, "participants", call, update)
@@ -229,6 +249,15 @@ class CallCollection:
         if new_state == "established" and self._lifecycle is not None:
             self._lifecycle.established(call)
         if new_state == "terminated":
+            info = call.result_info or {}
+            logger.info(
+                "Call(%s) ended: resultInfo %s/%s %s",
+                call.id,
+                info.get("code", "-"),
+                info.get("subcode", "-"),
+                info.get("message") or "(no message)",
+                extra={"call_id": call.id},
+            )
             self.reconciler.forget(call.id)
             if self._lifecycle is not None:
                 self._lifecycle.terminated(call)
@@ -258,11 +287,20 @@ class CallCollection:
             POLICY_RECORDING_WINDOW_SECONDS if call.is_policy_recording else ANSWER_WINDOW_SECONDS
         )
         budget = window * DECISION_FRACTION * self._window_scale
+        if not getattr(self._lifecycle, "admitting", True):
+            # The bot is stopping: say busy at once, Graph offers the call elsewhere.
+            await call.reject("busy")
+            return
         if self.events.has("incoming_call"):
             handler = asyncio.create_task(self.events.emit("incoming_call", call))
             done, _ = await asyncio.wait({handler}, timeout=budget)
             if not done:
-                logger.warning("Call(%s) incoming handler undecided after %.2f s", call.id, budget)
+                logger.warning(
+                    "Call(%s) incoming handler undecided after %.2f s",
+                    call.id,
+                    budget,
+                    extra={"call_id": call.id},
+                )
                 if call.decision is None:
                     handler.cancel()  # the fallback decides now; a late decision would clash
                     await asyncio.gather(handler, return_exceptions=True)
@@ -303,7 +341,9 @@ class CallCollection:
                     await call.events.emit(name, *args)
                     await self.events.emit(name, *args)
             except Exception:
-                logger.exception("Call(%s) dispatch of %s failed", call.id, name)
+                logger.exception(
+                    "Call(%s) dispatch of %s failed", call.id, name, extra={"call_id": call.id}
+                )
             finally:
                 dispatcher.queue.task_done()
             if call.state == "terminated" and dispatcher.queue.empty():

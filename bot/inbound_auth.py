@@ -1,4 +1,5 @@
-"""Inbound auth: validate the bearer token on every Graph notification (graph-comms.md 2.2).
+"""Inbound auth: validate the bearer token on every Graph notification
+(https://learn.microsoft.com/en-us/microsoftteams/platform/bots/calls-and-meetings/call-notifications).
 
 RS256 only, against keys from the notification OpenID configuration fetched over HTTPS; issuer
 one of Graph's two documented issuers; audience the bot's app id; a non-empty tenant claim; exp

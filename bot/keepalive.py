@@ -1,5 +1,6 @@
 """Keep-alive: Graph ends a call that sees no request from the bot for 45 minutes
-(call-keepalive.md). The .NET samples send one every 10 minutes; so do we, per established call.
+(https://learn.microsoft.com/en-us/graph/api/call-keepalive). The .NET samples send one every
+10 minutes; so do we, per established call.
 """
 
 from __future__ import annotations

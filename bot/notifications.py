@@ -1,4 +1,5 @@
-"""commsNotifications parsed into typed notifications (graph-comms.md section 1.6).
+"""commsNotifications parsed into typed notifications
+(https://learn.microsoft.com/en-us/graph/api/resources/commsnotifications).
 
 Pure functions: no state, no I/O. Both the legacy `resource` ("/app/calls/{id}") and the current
 `resourceUrl` ("/communications/calls/{id}") forms are accepted; `resourceUrl` wins if both are.

@@ -1,4 +1,4 @@
-"""commsOperations the bot started, and their outcomes (graph-comms.md section 1.8).
+"""commsOperations the bot started, and their outcomes (https://learn.microsoft.com/en-us/graph/api/resources/commsoperation).
 
 "If the action's response says completed/failed, no notification follows. If it says
 notStarted/running/null, the final state arrives as an operation notification."

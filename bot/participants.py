@@ -1,4 +1,5 @@
-"""A call's roster (graph-comms.md section 1.5) and what the bot can do to a participant.
+"""A call's roster (https://learn.microsoft.com/en-us/graph/api/resources/participant) and
+what the bot can do to a participant.
 
 Default mode: a roster notification carries the whole roster, so it replaces what we had and the
 difference is who joined and who left. Delta mode (callOptions.isDeltaRosterEnabled): it carries
@@ -70,11 +71,12 @@ class Participant:
         ]
 
     async def mute(self, client_context: str | None = None) -> Operation:
-        """POST .../participants/{id}/mute (participant-mute.md)."""
+        """POST .../participants/{id}/mute (https://learn.microsoft.com/en-us/graph/api/participant-mute)."""
         return await self._call.operation(f"/participants/{self.id}/mute", _context(client_context))
 
     async def remove(self) -> None:
-        """DELETE .../participants/{id} (participant-delete.md; needs tenant admin consent)."""
+        """DELETE .../participants/{id} (needs tenant admin consent,
+        https://learn.microsoft.com/en-us/graph/api/participant-delete)."""
         await self._call.request("DELETE", f"/participants/{self.id}")
 
     def __repr__(self) -> str:
@@ -88,7 +90,7 @@ class Roster:
     Nothing stale is applied: a delta whose `sequenceNumber` is not newer than the last applied
     one, or an entry whose `rosterSequenceNumber` is older than what we hold for that
     participant (or than when they left). Graph
-    does not promise in-order delivery (graph-comms.md 1.6), so these arrive after a reorder.
+    does not promise in-order delivery, so these arrive after a reorder.
     A delta after a gap in `sequenceNumber` (one was lost) is applied and sets `resync_wanted`:
     the owner then reads the whole roster back (GET .../participants) and `resync`s from it.
     """
@@ -116,6 +118,7 @@ class Roster:
                     self.call_id,
                     number,
                     last,
+                    extra={"call_id": self.call_id},
                 )
                 return RosterUpdate()
             # The first delta after joining is 1 (deltaParticipants.sequenceNumber "identifies
@@ -130,6 +133,7 @@ class Roster:
                     number,
                     last,
                     number - expected,
+                    extra={"call_id": self.call_id},
                 )
             self.last_sequence = number
         if change.change_type == "deleted":
@@ -161,7 +165,8 @@ class Roster:
         self, entries: dict[str, dict[str, Any]], whole_roster_notification: bool
     ) -> RosterUpdate:
         """A whole roster: authoritative for who is in the call. Each entry's
-        rosterSequenceNumber is when that participant last changed (participant.md), so a roster
+        rosterSequenceNumber is when that participant last changed
+        (https://learn.microsoft.com/en-us/graph/api/resources/participant), so a roster
         sent after someone left lists only older numbers and cannot be told from a late one by
         its numbers: membership follows the newest whole roster to arrive (delta rosters are the
         reorder-safe mode). Entries older than what we hold are still not applied, and who left
@@ -226,3 +231,17 @@ def _context(client_context: str | None) -> dict[str, Any]:
     if client_context is not None and len(client_context) > 256:
         raise ValueError("clientContext is at most 256 characters (Graph)")
     return {"clientContext": client_context} if client_context is not None else {}
+
+
+def describe_identity(identity: Any) -> str:
+    """An identitySet as a log line names it: `user Tess Tester (id)`, or `unknown`."""
+    if isinstance(identity, dict):
+        for kind in ("user", "guest", "phone", "application", "applicationInstance"):
+            ident = identity.get(kind)
+            if isinstance(ident, dict):
+                name, ident_id = ident.get("displayName"), ident.get("id")
+                parts = [kind, str(name)] if name else [kind]
+                if ident_id:
+                    parts.append(f"({ident_id})")
+                return " ".join(parts)
+    return "unknown"

@@ -6,9 +6,10 @@ CallSpeech on the control loop, and go to user handlers as the call events "spee
 (SpeechStarted, SpeechStopped, DominantSpeakerChanged) and "pipeline" (ProcessorDisabled,
 PlayerLow, RecorderFailed), through the call's dispatch worker like every other call event.
 
-Recording (call-updaterecordingstatus.md): "the application must call updateRecordingStatus
-... before it begins recording" and keep the status true. A recording processor is therefore
-idle until Graph has acknowledged `recording`; it is stopped, and the status set to
+Recording (https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus): no media may be
+recorded "without first calling the updateRecordingStatus API to indicate that recording has
+begun, and receiving a success reply", and the status must stay true. A recording processor is
+therefore idle until Graph has acknowledged `recording`; it is stopped, and the status set to
 `notRecording`, before the bot hangs up; and if it breaks the status goes to `failed`.
 """
 
@@ -68,6 +69,28 @@ class CallSpeech:
         for segment in self.segments:
             out.setdefault(segment.msi, []).append(segment)
         return out
+
+
+def log_event(call_id: str, event: PipelineEvent) -> None:
+    """A line for the pipeline events an operator acts on: a processor disabled, a recorder
+    failed. Speech events and PlayerLow come many a minute and are not logged."""
+    if isinstance(event, ProcessorDisabled):
+        logger.warning(
+            "Call(%s) processor %s disabled (%s): %s",
+            call_id,
+            event.processor,
+            event.reason,
+            event.detail,
+            extra={"call_id": call_id},
+        )
+    elif isinstance(event, RecorderFailed):
+        logger.warning(
+            "Call(%s) recorder %s failed: %s",
+            call_id,
+            event.recorder,
+            event.detail,
+            extra={"call_id": call_id},
+        )
 
 
 def event_name(event: PipelineEvent) -> str:

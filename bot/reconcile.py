@@ -1,17 +1,19 @@
 """Recovering what lost notifications would have said, by reading it back from Graph.
 
-Graph posts a call's notifications once, with no ordering or delivery promise (graph-comms.md
-1.6), and a notification the webhook refused (401: an expired or unknown-key token) is not sent
-again. Two things are read back instead:
+Graph posts a call's notifications once, with no ordering or delivery promise, and a
+notification the webhook refused (401: an expired or unknown-key token) is not sent again. Two
+things are read back instead:
 
 - a call's state: after a request that Graph answers with a state notification (a join or an
   answer: `established`; a hang-up: `terminated`), if that state has not arrived within a grace
-  period, GET /communications/calls/{id} (call-get.md); 404 means the call is gone, and it is
-  ended here as a `deleted` notification would have ended it. Retried with backoff while the
-  call stays short of the state, a bounded number of times;
-- a delta roster with a gap in its `sequenceNumber` (deltaParticipants.md), or a call that was
+  period, GET /communications/calls/{id} (https://learn.microsoft.com/en-us/graph/api/call-get);
+  404 means the call is gone, and it is ended here as a `deleted` notification would have ended
+  it. Retried with backoff while the call stays short of the state, a bounded number of times;
+- a delta roster with a gap in its `sequenceNumber`
+  (https://learn.microsoft.com/en-us/graph/api/resources/deltaparticipants), or a call that was
   found `established` by a read (its first roster was probably lost too): GET
-  /communications/calls/{id}/participants (participant-list.md), merged by Roster.resync.
+  /communications/calls/{id}/participants
+  (https://learn.microsoft.com/en-us/graph/api/participant-list), merged by Roster.resync.
 
 Timers and reads live here, off the webhook's path and off the call's event worker; at most one
 timer, one state read and one roster read per call, all gone when the call ends.
@@ -92,6 +94,7 @@ class Reconciler:
             call.state,
             state,
             attempt + 1,
+            extra={"call_id": call.id},
         )
         self._spawn(self._state_reads, call.id, self._read_call(call, state, attempt))
 
@@ -101,15 +104,21 @@ class Reconciler:
             resource = await call.request("GET")
         except GraphError as exc:
             if exc.status == 404:
-                logger.warning("Call(%s) is gone from Graph (404): ending it", call.id)
+                logger.warning(
+                    "Call(%s) is gone from Graph (404): ending it",
+                    call.id,
+                    extra={"call_id": call.id},
+                )
                 self._owner.call_gone(call)
                 return
-            logger.warning("Call(%s) could not be read back: %s", call.id, exc)
+            logger.warning(
+                "Call(%s) could not be read back: %s", call.id, exc, extra={"call_id": call.id}
+            )
         else:
             self._owner.call_read(call, resource)
         if reached(call, state):
             self._expected.pop(call.id, None)
-            logger.info("Call(%s) reconciled: %s", call.id, call.state)
+            logger.info("Call(%s) reconciled: %s", call.id, call.state, extra={"call_id": call.id})
         elif attempt + 1 < MAX_STATE_READS:
             self._arm(call, attempt + 1)
         else:
@@ -120,6 +129,7 @@ class Reconciler:
                 call.state,
                 MAX_STATE_READS,
                 state,
+                extra={"call_id": call.id},
             )
 
     # -- roster ---------------------------------------------------------------------------------
@@ -128,7 +138,11 @@ class Reconciler:
         """Read the whole roster back; one read at a time per call, and one more if asked again
         while it runs (the read may have been served before the change that asked)."""
         if call.context is None:
-            logger.info("Call(%s) roster resync skipped: not attached to a bot", call.id)
+            logger.info(
+                "Call(%s) roster resync skipped: not attached to a bot",
+                call.id,
+                extra={"call_id": call.id},
+            )
             call.roster.resync_wanted = False
             return
         if call.id in self._roster_reads:
@@ -143,11 +157,20 @@ class Reconciler:
             try:
                 body = await call.request("GET", "/participants")
             except GraphError as exc:
-                logger.warning("Call(%s) roster could not be read back: %s", call.id, exc)
+                logger.warning(
+                    "Call(%s) roster could not be read back: %s",
+                    call.id,
+                    exc,
+                    extra={"call_id": call.id},
+                )
                 return
             entries = body.get("value")
             if not isinstance(entries, list):
-                logger.warning("Call(%s) roster read back without a value array", call.id)
+                logger.warning(
+                    "Call(%s) roster read back without a value array",
+                    call.id,
+                    extra={"call_id": call.id},
+                )
                 return
             self._owner.roster_read(call, [e for e in entries if isinstance(e, dict)])
             if call.id not in self._roster_again or call.state == "terminated":

@@ -166,18 +166,20 @@ async def play(
 
     done: list[asyncio.Task[None]] = []
     rung = asyncio.Event()
-    expected = 0
+    expected: int | None = None  # known once ring() returns; calls may come in before that
 
     async def on_incoming(call: Call) -> None:
         record = run.record(call)
         done.append(
             asyncio.create_task(_decide(call, record, bot_table, options, seconds, progress))
         )
-        if len(done) >= expected:
+        if expected is not None and len(done) >= expected:
             rung.set()
 
     bot.calls.events.on("incoming_call", on_incoming)
     expected = await ring()
+    if len(done) >= expected:
+        rung.set()
     await asyncio.wait_for(rung.wait(), ESTABLISH_SECONDS + expected * 10)
     # Calls rung while others run (policy-recording overflow) are decided as they come.
     while True:
@@ -216,7 +218,7 @@ async def _decide(
         for user_id in table.get("transfer_to", []):
             before = len(call.states_seen)
             await call.transfer(shapes.identity_set(user_id=str(user_id)))
-            # Accepted: the call ends; declined: back to established (call-transfer.md).
+            # Accepted: the call ends; declined: back to established (https://learn.microsoft.com/en-us/graph/api/call-transfer).
             await call.wait_until(_transfer_settled(before), ESTABLISH_SECONDS)
             if call.state == "terminated":
                 return
@@ -252,3 +254,90 @@ async def _stay(
         if not ended.done():
             await call.hang_up()
         await ended
+
+
+# -- [expect]: the outcome a scenario file promises ----------------------------------------------
+
+EXPECT_KEYS = frozenset(
+    {
+        "final_state",  # every call's last state
+        "states",  # the first call's states, in order
+        "calls",  # how many calls the bot had (overflow calls included)
+        "result_subcode",  # the first call's resultInfo subcode at its end
+        "first_call_roster",  # the scenario's people in the first call's last roster
+        "roster_start",  # ... in its first roster update
+        "roster_max",  # ... in some roster update
+        "roster_end",  # ... in its last roster update
+    }
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What Graph (the emulator) saw of a scenario's calls, beside what the bot saw."""
+
+    redirected_to: dict[str, list[str]] = field(default_factory=dict)  # call id -> identity ids
+    transfer_targets: dict[str, list[str]] = field(default_factory=dict)  # call id -> in order
+    declining_users: frozenset[str] = frozenset()  # transfer targets who decline
+    recorded: frozenset[str] = frozenset()  # calls whose `recording` status Graph acknowledged
+
+
+def check_expect(
+    expect: dict[str, Any],
+    bot_table: dict[str, Any],
+    run: ScenarioRun,
+    people: dict[str, str],
+    outcome: Outcome,
+) -> list[str]:
+    """What did not hold, one line each (empty: the scenario passed). `expect` is the scenario's
+    [expect] table, `bot_table` its [bot] table, `people` its participants' ids -> names.
+
+    Beyond [expect]: there was a call, every call ended (terminated, unless final_state says
+    otherwise), a redirect reached Graph with the [bot] redirect_to target for every call, and
+    a transfer ended at a target who accepts it."""
+    failed = [f"[expect] {key}: unknown expectation" for key in sorted(set(expect) - EXPECT_KEYS)]
+    records = run.calls
+    if not records:
+        return [*failed, "the bot had no call"]
+    first = records[0]
+    final = expect.get("final_state", "terminated")
+    for record in records:
+        if record.states[-1:] != [final]:
+            failed.append(f"call {record.call.id}: ended {record.states[-1:]}, expected {final!r}")
+    if "calls" in expect and len(records) != expect["calls"]:
+        failed.append(f"[expect] calls: {len(records)} calls, expected {expect['calls']}")
+    if "states" in expect and first.states != list(expect["states"]):
+        failed.append(f"[expect] states: {first.states}, expected {list(expect['states'])}")
+    if "result_subcode" in expect:
+        subcode = (first.call.result_info or {}).get("subcode")
+        if subcode != expect["result_subcode"]:
+            failed.append(
+                f"[expect] result_subcode: {subcode}, expected {expect['result_subcode']}"
+            )
+    rosters = [
+        sorted(seen.name for pid, seen in entry.participants.items() if pid in people)
+        for entry in first.roster
+    ]
+    for key, got in (
+        ("roster_start", rosters[0] if rosters else None),
+        ("roster_end", rosters[-1] if rosters else None),
+        ("first_call_roster", rosters[-1] if rosters else None),
+    ):
+        if key in expect and got != sorted(expect[key]):
+            failed.append(f"[expect] {key}: {got}, expected {sorted(expect[key])}")
+    if "roster_max" in expect and sorted(expect["roster_max"]) not in rosters:
+        failed.append(
+            f"[expect] roster_max: {sorted(expect['roster_max'])} never seen in {rosters}"
+        )
+    action = bot_table.get("action", "join")
+    if action == "redirect":
+        target = [str(bot_table.get("redirect_to"))]
+        for record in records:
+            got = outcome.redirected_to.get(record.call.id, [])
+            if got != target:
+                failed.append(f"call {record.call.id}: redirected to {got}, expected {target}")
+    if action == "transfer":
+        tried = outcome.transfer_targets.get(first.call.id, [])
+        if not tried or tried[-1] in outcome.declining_users:
+            failed.append(f"call {first.call.id}: transfers to {tried} reached no accepting target")
+    return failed

@@ -1,168 +1,679 @@
-"""Settings from environment variables and an optional TOML file (DESIGN.md section 7).
+"""Settings from environment variables, an optional env file and an optional TOML file,
+typed and range-checked in one place.
 
 Names follow what Graph media-bot developers configure on Windows (AppId, AppSecret, ServiceFqdn,
 InstancePublicIPAddress, InstanceInternalPort, InstancePublicPort, callback URL), prefixed BOT_.
 Every default points at a locally run emulator (`python -m emulator serve`).
+
+Precedence, highest first: values given in code (`Settings(...)`), `BOT_*` environment
+variables, the env file (`--env-file` or `BOT_ENV_FILE`, `BOT_*=value` lines), the TOML file
+(`--config` or `BOT_CONFIG`, keys are the lowercase field names: `webhook_port = 9441`), the
+defaults. `Settings(...)` alone reads nothing from the environment: only `Settings.load()` does,
+so code and tests get exactly what they pass.
+
+pydantic-settings parses the environment (https://docs.pydantic.dev/latest/concepts/pydantic_settings/);
+every mistake becomes one SettingsError that names the setting as the user wrote it and the
+value (secrets as ***). docs/settings.md is generated from the fields (`python -m bot settings
+--reference`) and a test keeps it equal.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
+import ipaddress
+import logging
+import math
 import os
+import re
+import ssl
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticUndefined
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from media.frames import AUDIO_FRAME_MS
 from media.pipeline.vad import VadSettings
 
 ENV_PREFIX = "BOT_"
 EMULATOR_URL = "https://localhost:9443"
+# Read by load() itself, never fields: where the other settings come from.
+META_VARIABLES = ("BOT_CONFIG", "BOT_ENV_FILE")
+SECRET = "***"
+
+logger = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+    """A setting is missing or malformed; the message names it and its value, in one line."""
 
 
-def _boolean(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name} must be true or false, got {value!r}")
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(allow_inf_nan=False)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    app_id: str = "00000000-0000-0000-0000-00000000b07a"
-    app_secret: str = "emulator-secret"
-    app_certificate_file: str | None = None  # PEM key + certificate: used instead of the secret
-    tenant_id: str = "00000000-0000-0000-0000-0000000000e1"
-    graph_url: str = f"{EMULATOR_URL}/v1.0"
-    authority_url: str = EMULATOR_URL  # login.microsoftonline.com in production
-    notification_openid_url: str = f"{EMULATOR_URL}/v1/.well-known/OpenIdConfiguration"
-    ca_file: str | None = None  # CA bundle for Graph, login and OpenID instead of the system's
-    service_fqdn: str = "localhost"
-    instance_public_ip: str | None = None  # advertised in media candidates (1:1 NAT)
-    media_port_min: int | None = None  # UDP range for all media; None: any free port
-    media_port_max: int | None = None
-    instance_internal_port: int = 8445
-    instance_public_port: int | None = None
-    media_bind_host: str = "127.0.0.1"
-    cert_file: str | None = None  # PEM chain for service_fqdn: webhook and media endpoint
-    key_file: str | None = None
-    webhook_host: str = "127.0.0.1"
-    webhook_port: int = 9441
-    callback_url: str | None = None  # default https://{service_fqdn}:{webhook port}/api/calling
-    notification_leeway_seconds: float = 300.0  # .NET's default clock skew (reliability.md 1.1)
-    incoming_call_fallback: str = "answer"  # "answer" or "reject": when no handler decides in time
-    # A call whose media session failed or closed under it (the media processor vanished) waits
-    # this long for Graph to end it, then the bot hangs up itself.
-    media_lost_timeout_seconds: float = 15.0
-    # A state Graph should have notified by now (established after a join or answer, terminated
-    # after a hang-up) is read back with GET after this long: its notification was lost or
-    # refused (bot/reconcile.py). 0 turns it off.
-    state_reconcile_seconds: float = 10.0
-    # Notification keys are fetched again for an unknown kid at most this often (the first
-    # unknown kid after start-up at once), so forged kids cannot hammer the key endpoint.
-    notification_key_refresh_seconds: float = 60.0
-    # The processing pipeline (docs/processors.md). Processors by entry-point name or dotted
-    # path, comma-separated, and their options as name.key=value;name.key=value.
-    processors: str = ""
-    processor_options: str = ""
-    recordings_dir: str = "recordings"
-    # With a recording processor in the pipeline, set the call's recording status to
-    # `recording` once it is established and start recording when Graph acknowledges it.
-    record_on_join: bool = True
-    # Voice activity (media/pipeline/vad.py): webrtcvad aggressiveness 0..3, hysteresis, floor.
-    vad_mode: int = 2
-    vad_start_ms: int = 60
-    vad_stop_ms: int = 400
-    vad_energy_floor_dbfs: float = -50.0
-    # gc.freeze() once started (gc.unfreeze() at stop): full collections then skip everything
-    # alive at start-up, which keeps their pauses short enough for the hot loop and webhook.
-    gc_freeze: bool = True
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- identity (the app registration) ----------------------------------------------------
+    app_id: str = Field(
+        "00000000-0000-0000-0000-00000000b07a",
+        min_length=1,
+        description="the bot's app registration (client) id",
+    )
+    app_secret: str = Field(
+        "emulator-secret",
+        min_length=1,
+        description="the app's client secret (unused when an app certificate is set)",
+        json_schema_extra={"secret": True},
+    )
+    app_certificate_file: str | None = Field(
+        None, description="PEM with private key and certificate, used instead of the secret"
+    )
+    tenant_id: str = Field(
+        "00000000-0000-0000-0000-0000000000e1",
+        min_length=1,
+        description="the tenant the bot's calls and tokens belong to",
+    )
+    # -- where Graph is ----------------------------------------------------------------------
+    graph_url: str = Field(
+        f"{EMULATOR_URL}/v1.0",
+        description="Graph base URL (`https://graph.microsoft.com/v1.0` in production)",
+    )
+    authority_url: str = Field(
+        EMULATOR_URL, description="login authority (`https://login.microsoftonline.com`)"
+    )
+    notification_openid_url: str = Field(
+        f"{EMULATOR_URL}/v1/.well-known/OpenIdConfiguration",
+        description="notification signing keys "
+        "(`https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration`)",
+    )
+    ca_file: str | None = Field(
+        None, description="CA bundle to trust for the three URLs above instead of the system's"
+    )
+    # -- the bot's own endpoints -------------------------------------------------------------
+    service_fqdn: str = Field(
+        "localhost",
+        min_length=1,
+        description="the name in the certificate, in `mpUri` and in the callback URL",
+    )
+    cert_file: str | None = Field(
+        None, description="PEM certificate chain for the service FQDN (webhook and media)"
+    )
+    key_file: str | None = Field(None, description="PEM private key for `cert_file`")
+    webhook_host: str = Field("127.0.0.1", description="address the notification webhook binds")
+    webhook_port: Port = Field(9441, description="port of the notification webhook (0: any)")
+    callback_url: str | None = Field(
+        None,
+        description="the webhook URL Graph posts to; default "
+        "`https://{service_fqdn}:{webhook_port}/api/calling`",
+    )
+    instance_internal_port: Port = Field(
+        8445, description="TLS media-control endpoint, bound (0: any)"
+    )
+    instance_public_port: Port | None = Field(
+        None, description="the same endpoint's port as advertised (behind NAT); default: bound"
+    )
+    instance_public_ip: str | None = Field(
+        None, description="the VM's public IP (1:1 NAT), advertised in every media candidate"
+    )
+    media_bind_host: str = Field(
+        "127.0.0.1", description="address the media-control endpoint binds"
+    )
+    media_port_min: Port | None = Field(
+        None, description="lowest UDP port for media (one firewall rule); none: any free port"
+    )
+    media_port_max: Port | None = Field(None, description="highest UDP port for media")
+    media_host_addresses: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="limit media host candidates to these addresses, comma-separated, "
+        "loopback allowed (`127.0.0.1`); none: every non-loopback interface",
+    )
+    # -- notifications and call handling -----------------------------------------------------
+    notification_leeway_seconds: Seconds = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="clock skew allowed on notification tokens (the .NET SDK's default)",
+    )
+    notification_key_refresh_seconds: Seconds = Field(
+        60.0,
+        ge=0,
+        description="at most one signing-key fetch per this for unknown key ids (forged tokens)",
+    )
+    incoming_call_fallback: Literal["answer", "reject"] = Field(
+        "answer", description="`answer` or `reject` an incoming call nobody decided on in time"
+    )
+    media_lost_timeout_seconds: Seconds = Field(
+        15.0,
+        gt=0,
+        description="the media processor vanished and Graph has not ended the call: "
+        "hang up after this",
+    )
+    state_reconcile_seconds: Seconds = Field(
+        10.0,
+        ge=0,
+        description="a state Graph should have notified but has not (a lost notification): "
+        "read the call back after this (0: never)",
+    )
+    shutdown_timeout_seconds: Seconds = Field(
+        10.0,
+        gt=0,
+        description="on stop (SIGTERM, Ctrl-C): how long to wait for Graph to confirm the "
+        "hang-ups and recording statuses",
+    )
+    # -- the processing pipeline (docs/processors.md) ----------------------------------------
+    processors: str = Field(
+        "",
+        description="processors for every call: `bot.processors` entry-point names or "
+        "dotted paths, comma-separated (`recorder,timeline,mypkg.mod:Thing`); "
+        "`python -m bot processors` lists them",
+    )
+    processor_options: str = Field("", description="their options, `name.key=value;name.key=value`")
+    recordings_dir: str = Field(
+        "recordings", description="where recorders write (one directory per media session)"
+    )
+    record_on_join: bool = Field(
+        True,
+        description="with a recorder in the pipeline: set the recording status once "
+        "established, record once Graph acknowledges it",
+    )
+    vad_mode: int = Field(2, ge=0, le=3, description="webrtcvad aggressiveness, 0 to 3")
+    vad_start_ms: int = Field(
+        60, description="voiced audio that opens a speech segment (a multiple of 20 ms)"
+    )
+    vad_stop_ms: int = Field(
+        400, description="unvoiced audio that closes one (a multiple of 20 ms)"
+    )
+    vad_energy_floor_dbfs: float = Field(
+        -50.0, ge=-120, le=0, allow_inf_nan=False, description="RMS below this is never speech"
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="`gc.freeze()` after start-up (undone at stop): short full-GC pauses "
+        "under load",
+    )
+    # -- logs ---------------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text`, or `json` for one JSON object per line on stderr"
+    )
+    log_levels: str = Field(
+        "",
+        description="logger levels, `name=LEVEL,...` (`aioice=DEBUG`); third-party loggers "
+        "are at WARNING unless named here",
+    )
+
+    # -- where values come from (only Settings.load() reads the environment and files) -------
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, toml_path: str | None = None) -> Settings:
-        """TOML values first, environment variables over them. Raises SettingsError."""
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        extra = _LOADING.get()
+        return (init_settings, *extra(settings_cls)) if extra is not None else (init_settings,)
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        toml_path: str | None = None,
+        env_file: str | None = None,
+    ) -> Settings:
+        """Environment over env file over TOML over defaults. Raises SettingsError."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = toml_path or env.get(ENV_PREFIX + "CONFIG")
-        if path:
-            try:
-                values.update(tomllib.loads(Path(path).read_text()))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise SettingsError(f"cannot read settings file {path}: {exc}") from None
-        for f in fields(cls):
-            name = ENV_PREFIX + f.name.upper()
-            if name in env:
-                values[f.name] = env[name]
-        return cls.from_mapping(values)
+        origin = _Origin()
+        toml_path = toml_path or env.get("BOT_CONFIG") or None
+        env_file = env_file or env.get("BOT_ENV_FILE") or None
+        toml = _read_toml(toml_path, "--config/BOT_CONFIG") if toml_path else {}
+        from_file = _read_env_file(env_file) if env_file else {}
+        for name in toml:
+            origin.place[name] = f"{name} in {toml_path}"
+        for key in from_file:
+            origin.place[_field_of(key)] = f"{key.upper()} in {env_file}"
+        for key in env:
+            if key.upper().startswith(ENV_PREFIX) and key.upper() not in META_VARIABLES:
+                if _field_of(key) in cls.model_fields:
+                    origin.place[_field_of(key)] = key.upper()
+                else:
+                    logger.warning("%s is not a setting and is ignored%s", key, _did_you_mean(key))
+
+        def sources(settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                _MappingEnvSource(settings_cls, env),
+                _MappingEnvSource(settings_cls, from_file),
+                _TomlSource(settings_cls, toml),
+            )
+
+        with _loading(sources, origin):
+            return cls()
+
+    def __init__(self, **values: Any) -> None:
+        """Fields by name (nothing read from the environment). Raises SettingsError."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            origin = _ORIGIN.get() or _Origin()
+            raise SettingsError(_describe(exc, origin, type(self))) from None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(values) - set(known)
-        if unknown:
-            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
-        parsed: dict[str, Any] = {}
-        for name, value in values.items():
-            kind = str(known[name].type)
-            if kind == "bool":
-                parsed[name] = _boolean(name, value)
-            elif "int" in kind and value is not None:
-                try:
-                    parsed[name] = int(value)
-                except (TypeError, ValueError):
-                    raise SettingsError(f"{name} must be an integer, got {value!r}") from None
-                if not 0 <= parsed[name] <= 65535 and name.endswith("port"):
-                    raise SettingsError(f"{name} must be a port number, got {value!r}")
-            elif "float" in kind:
-                try:
-                    parsed[name] = float(value)
-                except (TypeError, ValueError):
-                    raise SettingsError(f"{name} must be a number, got {value!r}") from None
-            else:
-                parsed[name] = None if value == "" else value
-        settings = cls(**parsed)
-        settings.validate()
-        return settings
+        """Fields by name, values as text or typed (a TOML table, a test's dict)."""
+        return cls(**values)
 
-    def validate(self) -> None:
-        for name in ("graph_url", "authority_url", "notification_openid_url"):
-            if not str(getattr(self, name)).startswith("https://"):
-                raise SettingsError(f"{name} must be an https URL")
-        if self.callback_url is not None and not self.callback_url.startswith("https://"):
-            raise SettingsError("callback_url must be an https URL (Graph requires it)")
+    # -- checks --------------------------------------------------------------------------------
+
+    @field_validator(
+        "app_certificate_file",
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "callback_url",
+        "instance_public_port",
+        "instance_public_ip",
+        "media_port_min",
+        "media_port_max",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        # BOT_CERT_FILE= (empty) means "not set" for what may be left unset; an empty
+        # BOT_APP_SECRET stays an error rather than silently meaning the emulator's.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("vad_start_ms", "vad_stop_ms")
+    @classmethod
+    def _frames(cls, value: int) -> int:
+        if value < AUDIO_FRAME_MS or value % AUDIO_FRAME_MS:
+            raise ValueError(f"must be a positive multiple of {AUDIO_FRAME_MS} ms")
+        return value
+
+    @field_validator("media_host_addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("media_host_addresses")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            _ip(address)
+        return value
+
+    @field_validator("instance_public_ip")
+    @classmethod
+    def _public_ip(cls, value: str | None) -> str | None:
+        return None if value is None else _ip(value)
+
+    @field_validator("webhook_host", "media_bind_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError("must be an IP address or a host name") from None
+        return value
+
+    @field_validator("graph_url", "authority_url", "notification_openid_url", "callback_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            # Graph posts notifications only to https callbacks, and tokens travel on these.
+            raise ValueError("must be an https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ValueError("has a port that is not a number from 0 to 65535") from None
+        return value.rstrip("/") if value.endswith("/") and parts.path in ("", "/") else value
+
+    @field_validator("ca_file", "app_certificate_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.exists():
+            raise ValueError("no such file")
+        if not path.is_file():
+            raise ValueError("is not a file")
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(4096)
+        except OSError as exc:
+            raise ValueError(f"cannot be read ({exc.strerror})") from None
+        if b"-----BEGIN" not in head:
+            raise ValueError("is not a PEM file (no -----BEGIN line)")
+        return value
+
+    @field_validator("processors", "processor_options")
+    @classmethod
+    def _plugins(cls, value: str, info: ValidationInfo) -> str:
+        """Every named processor imports, and its options parse: a typo fails at start."""
+        from media.pipeline import plugins
+
+        try:
+            if info.field_name == "processors":
+                for spec in plugins.parse_specs(value):
+                    plugins.load_factory(spec)
+            else:
+                plugins.parse_options(value)
+        except plugins.ProcessorSpecError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("log_levels")
+    @classmethod
+    def _log_levels(cls, value: str) -> str:
+        from bot.logs import parse_levels
+
+        parse_levels(value)
+        return value
+
+    @field_validator("recordings_dir")
+    @classmethod
+    def _recordings_dir(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            raise ValueError("exists and is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> Settings:
         if (self.cert_file is None) != (self.key_file is None):
-            raise SettingsError("cert_file and key_file go together")
-        if self.incoming_call_fallback not in ("answer", "reject"):
-            raise SettingsError("incoming_call_fallback must be answer or reject")
-        if not self.media_lost_timeout_seconds > 0:
-            raise SettingsError("media_lost_timeout_seconds must be above 0")
-        for name in ("state_reconcile_seconds", "notification_key_refresh_seconds"):
-            if not getattr(self, name) >= 0:
-                raise SettingsError(f"{name} must be 0 or more seconds")
-        for name in ("app_id", "app_secret", "tenant_id", "service_fqdn"):
-            if not getattr(self, name):
-                raise SettingsError(f"{name} must not be empty")
-        self.vad()
+            raise ValueError("{cert_file} and {key_file} go together: set both or neither")
+        if self.cert_file is not None:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    self.cert_file, self.key_file
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"{{cert_file}}={self.cert_file} and {{key_file}}={self.key_file}: not a "
+                    f"certificate chain and its private key "
+                    f"({_ssl_reason(exc)})"
+                ) from None
+        if self.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"{{ca_file}}={self.ca_file}: no CA certificate in it ({_ssl_reason(exc)})"
+                ) from None
+        if (self.media_port_min is None) != (self.media_port_max is None):
+            raise ValueError(
+                "{media_port_min} and {media_port_max} go together: set both or neither"
+            )
+        if self.media_port_min is not None and self.media_port_max is not None:
+            if not 1 <= self.media_port_min <= self.media_port_max:
+                raise ValueError(
+                    f"{{media_port_min}}..{{media_port_max}} must be a range of ports from 1 "
+                    f"up, got {self.media_port_min}..{self.media_port_max}"
+                )
+        return self
 
     def vad(self) -> VadSettings:
-        try:
-            return VadSettings(
-                mode=self.vad_mode,
-                start_ms=self.vad_start_ms,
-                stop_ms=self.vad_stop_ms,
-                energy_floor_dbfs=self.vad_energy_floor_dbfs,
-            )
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+        """The VAD's settings (raises ValueError for an unusable combination)."""
+        return VadSettings(
+            mode=self.vad_mode,
+            start_ms=self.vad_start_ms,
+            stop_ms=self.vad_stop_ms,
+            energy_floor_dbfs=self.vad_energy_floor_dbfs,
+        )
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed, checked again. Raises SettingsError."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        return type(self)(**values)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every field as BOT_NAME -> value, secrets as ***: for `python -m bot settings`."""
+        return {
+            ENV_PREFIX + name.upper(): SECRET if _is_secret(info) else getattr(self, name)
+            for name, info in type(self).model_fields.items()
+        }
+
+
+# -- sources -------------------------------------------------------------------------------
+
+_LOADING: ContextVar[Callable[[type[BaseSettings]], tuple[PydanticBaseSettingsSource, ...]] | None]
+_LOADING = ContextVar("settings_sources", default=None)
+
+
+_ORIGIN: ContextVar[_Origin | None] = ContextVar("settings_origin", default=None)
+
+
+@contextmanager
+def _loading(
+    sources: Callable[[type[BaseSettings]], tuple[PydanticBaseSettingsSource, ...]],
+    origin: _Origin,
+) -> Iterator[None]:
+    tokens = _LOADING.set(sources), _ORIGIN.set(origin)
+    try:
+        yield
+    finally:
+        _LOADING.reset(tokens[0])
+        _ORIGIN.reset(tokens[1])
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ:
+    Settings.load(env=...) and the env file go through the same parsing as the process
+    environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str]) -> None:
+        self._variables = variables  # read by _load_env_vars() inside super().__init__
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._variables, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The TOML file's table, already read and checked by _read_toml()."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = dict(values)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _read_toml(path: str, setting: str) -> dict[str, Any]:
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{setting}={path}: no such file") from None
+    except OSError as exc:
+        raise SettingsError(f"{setting}={path}: cannot be read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{setting}={path}: not valid TOML ({exc})") from None
+    for key, value in values.items():
+        if key not in Settings.model_fields:
+            hint = _did_you_mean(key, toml=True)
+            raise SettingsError(
+                f"{path}: {key} is not a setting{hint} (TOML keys are the lowercase setting "
+                f"names without BOT_, listed in docs/settings.md)"
+            )
+        if isinstance(value, dict | list) and key != "media_host_addresses":
+            raise SettingsError(f"{path}: {key} must be a single value, not a table or list")
+    return values
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    file = Path(path)
+    if not file.is_file():
+        raise SettingsError(f"--env-file/BOT_ENV_FILE={path}: no such file")
+    try:
+        raw = dotenv_values(file)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--env-file/BOT_ENV_FILE={path}: cannot be read ({exc})") from None
+    values: dict[str, str] = {}
+    for key, value in raw.items():
+        if key.upper() in META_VARIABLES:
+            continue
+        if not key.upper().startswith(ENV_PREFIX) or _field_of(key) not in Settings.model_fields:
+            raise SettingsError(f"{path}: {key} is not a setting{_did_you_mean(key)}")
+        values[key] = value or ""
+    return values
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+class _Origin:
+    """Where each field's value came from, to name it as the user wrote it."""
+
+    def __init__(self) -> None:
+        self.place: dict[str, str] = {}
+
+    def name(self, field: str) -> str:
+        return self.place.get(field, ENV_PREFIX + field.upper())
+
+
+def _field_of(variable: str) -> str:
+    return variable.upper().removeprefix(ENV_PREFIX).lower()
+
+
+def _did_you_mean(key: str, toml: bool = False) -> str:
+    """`; did you mean X?` for the closest setting, spelt as this source spells it (TOML:
+    the field name, even for a BOT_ variable name used as a key)."""
+    wanted = _field_of(key)
+    match = difflib.get_close_matches(wanted, list(Settings.model_fields), n=1, cutoff=0.75)
+    if not match:
+        return ""
+    variable = key.upper().startswith(ENV_PREFIX) and not toml
+    return f"; did you mean {ENV_PREFIX + match[0].upper() if variable else match[0]}?"
+
+
+def _is_secret(info: Any) -> bool:
+    extra = getattr(info, "json_schema_extra", None)
+    return isinstance(extra, dict) and bool(extra.get("secret"))
+
+
+_SHORT = {
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_parsing": "must be true or false",
+    "string_too_short": "must not be empty",
+}
+
+
+def _describe(exc: ValidationError, origin: _Origin, cls: type[Settings]) -> str:
+    """The first problem as one line: the setting as the user wrote it, its value, why."""
+    error = exc.errors(include_url=False)[0]
+    location = [str(part) for part in error.get("loc", ())]
+    kind = error.get("type", "")
+    message = str(error.get("msg", "is not valid"))
+    if kind == "extra_forbidden" and location:
+        return f"{location[0]} is not a setting{_did_you_mean(location[0])}"
+    if kind in _SHORT:
+        reason = _SHORT[kind]
+    elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        reason = "must be " + message.removeprefix("Input should be ")
+    elif kind == "literal_error":
+        reason = "must be " + message.removeprefix("Input should be ")
+    elif kind == "value_error":
+        reason = message.removeprefix("Value error, ")
+    else:
+        reason = message[:1].lower() + message[1:]
+    if not location:  # a check across fields: {field} in its message names each one
+        return re.sub(
+            r"\{(\w+)\}",
+            lambda m: origin.name(m[1]) if m[1] in cls.model_fields else m[0],
+            reason,
+        )
+    field = location[0]
+    info = cls.model_fields.get(field)
+    value = error.get("input", PydanticUndefined)
+    shown = SECRET if info is not None and _is_secret(info) else repr(value)
+    return f"{origin.name(field)}={shown}: {reason}"
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*"
+)
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def reference() -> str:
+    """docs/settings.md: every setting, its variable, TOML key, default and meaning."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `bot/settings.py` by `python -m bot settings --reference`; a test keeps",
+        "it equal. Each setting is a `BOT_*` environment variable, a `BOT_*=value` line of an",
+        "env file (`--env-file F` or `BOT_ENV_FILE`), or a key of the TOML file (`--config F`",
+        "or `BOT_CONFIG`): the lowercase name without `BOT_`, e.g. `webhook_port = 9441`.",
+        "Environment variables win over the env file, which wins over the TOML file. A wrong",
+        "value stops the bot at start with one line naming the setting and the value",
+        "(exit status 2).",
+        "",
+        "| variable | TOML key | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if default is None or default == () or default == "":
+            shown = "none"
+        elif _is_secret(info):
+            shown = "the emulator's"
+        elif isinstance(default, bool):
+            shown = str(default).lower()
+        elif isinstance(default, float) and math.isfinite(default) and default.is_integer():
+            shown = str(int(default))
+        else:
+            shown = str(default)
+        description = (info.description or "").replace("|", "\\|")
+        shown = shown if shown in ("none", "the emulator's") else f"`{shown}`"
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | `{name}` | {shown} | {description} |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,7 @@
-"""The HTTPS notification webhook (graph-comms.md section 1.7). Authenticates before it parses."""
+"""The HTTPS notification webhook. Authenticates before it parses.
+
+https://learn.microsoft.com/en-us/microsoftteams/platform/bots/calls-and-meetings/call-notifications
+"""
 
 from __future__ import annotations
 
@@ -77,5 +80,5 @@ async def _notifications(request: web.Request) -> web.Response:
     for item in items:
         calls.apply(item)
     stats.accepted += 1
-    # The .NET SDK answers 202 Accepted (graph-comms.md 1.7).
+    # The .NET SDK's ProcessNotificationAsync answers 202 Accepted.
     return web.Response(status=202)

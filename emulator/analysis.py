@@ -4,6 +4,10 @@ Recorded frames are laid on the participant's timeline the way a receiver with a
 delay would play them: frame j at offset + j * 20 ms, where offset is the median over frames of
 (time - j * 20 ms), the time being when the participant handed a frame to its sender or when one
 arrived back. Both sides are placed alike, so the lag is the true hand-over-to-arrival delay.
+A recording with silences in it (unmixed audio sends a speaker only while they talk, and the bot
+echoes only what it got) is laid talkspurt by talkspurt: a pause of more than
+SPURT_GAP_SECONDS starts a new spurt with its own offset, as a receiver re-anchors its playout
+delay at each talkspurt (RFC 3551 section 4.1, the marker bit).
 The echo delay is the lag of the cross-correlation peak between what was sent and what was
 heard; the correlation is normalised over the span that was heard.
 """
@@ -20,6 +24,7 @@ RATE_HZ = 16_000
 FRAME_SECONDS = 0.020
 FRAME_SAMPLES = 320
 MAX_LAG_SECONDS = 1.0
+SPURT_GAP_SECONDS = 0.1  # five frames: more than jitter, less than a pause between words
 
 
 @dataclass
@@ -77,29 +82,54 @@ class EchoReport:
     frames_heard: int
 
 
-def playout_offset(rec: Recording) -> float:
-    """When frame 0 plays, for a receiver that plays frame j at offset + j * 20 ms."""
-    index = np.arange(len(rec.times))
-    return float(np.median(np.asarray(rec.times) - index * FRAME_SECONDS))
+def playout_offset(rec: Recording, start: int = 0, end: int | None = None) -> float:
+    """When frame `start` plays, for a receiver that plays frame j at offset + j * 20 ms (the
+    frames start..end, one talkspurt; the whole recording by default)."""
+    times = np.asarray(rec.times[start:end])
+    index = np.arange(times.shape[0])
+    return float(np.median(times - index * FRAME_SECONDS))
+
+
+def talkspurts(rec: Recording) -> list[tuple[int, int]]:
+    """The recording's talkspurts as [start, end) frame ranges: split where the time from one
+    frame to the next exceeds SPURT_GAP_SECONDS."""
+    if not rec.times:
+        return []
+    breaks = (np.flatnonzero(np.diff(np.asarray(rec.times)) > SPURT_GAP_SECONDS) + 1).tolist()
+    edges = [0, *breaks, len(rec.times)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def playout(rec: Recording, t0: float) -> tuple[npt.NDArray[np.float64], int]:
-    """The recording as one signal on a timeline starting at t0; also its first sample index."""
+    """The recording as one signal on a timeline starting at t0, each talkspurt at its own
+    offset (silence between them); also its first sample index. Raises ValueError when the
+    recording starts before t0."""
     if not rec.frames:
         return np.zeros(0), 0
-    start = round((playout_offset(rec) - t0) * RATE_HZ)
-    if start < 0:
-        raise ValueError("t0 is after the recording starts")
-    signal = np.concatenate(rec.frames).astype(np.float64)
-    out = np.zeros(start + signal.shape[0])
-    out[start:] = signal
-    return out, start
+    placed = []
+    for start, end in talkspurts(rec):
+        at = round((playout_offset(rec, start, end) - t0) * RATE_HZ)
+        if at < 0:
+            raise ValueError("t0 is after the recording starts")
+        placed.append((at, np.concatenate(rec.frames[start:end]).astype(np.float64)))
+    out = np.zeros(max(first + len(pcm) for first, pcm in placed))
+    for first, pcm in placed:  # a late spurt anchor may overlap the previous spurt's tail
+        out[first : first + len(pcm)] = pcm
+    return out, placed[0][0]
+
+
+def first_playout(rec: Recording) -> float:
+    """When the recording's first frame plays (its first talkspurt's offset)."""
+    start, end = talkspurts(rec)[0]
+    return playout_offset(rec, start, end)
 
 
 def echo_report(sent: Recording, heard: Recording) -> EchoReport:
     if not sent.frames or not heard.frames:
         return EchoReport(0.0, float("nan"), len(sent), len(heard))
-    t0 = playout_offset(sent)
+    # The timeline starts at whichever plays first: the bot may send before the participant
+    # first talks (a spurt of someone else's voice, or its own audio).
+    t0 = min(first_playout(sent), first_playout(heard))
     s, _ = playout(sent, t0)
     h, h_start = playout(heard, t0)
     size = 1 << int(np.ceil(np.log2(s.shape[0] + h.shape[0])))

@@ -51,12 +51,12 @@ from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamError
 
 from emulator.browsermedia import SPEAKING_HOLD_SECONDS, BotAudio, BotVideo
-from emulator.calls import EmulatedCall
+from emulator.calls import DEFAULT_APP_NAME, EmulatedCall
 from emulator.mediaprocessor import MediaProcessorLink
 from emulator.mpaudio import SpeakingTick
 from emulator.participant import Meeting, ParticipantScript
 from emulator.presence import calls_in, join_meeting, leave_meeting
-from emulator.roster import EmulatedParticipant
+from emulator.roster import EmulatedParticipant, from_script
 from emulator.rtpsend import TELEPHONE_EVENT
 from emulator.speakers import NO_SPEAKER
 from emulator.video import LivePerson
@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_PER_MEETING = 4  # browser people in one meeting
 MAX_BROWSERS = 16  # in the whole emulator: each costs a peer connection and its codecs
-FIRST_MSI = 0xB000  # browser people get audio MSI n, camera n + 1, from here up
+FIRST_MSI = 45056  # browser people get audio MSI n, camera n + 1, from here up (0xB000)
 STATE_SECONDS = 0.2  # roster pushes to the page
 CONNECT_SECONDS = 15.0  # from the answer to ICE + DTLS connected
 JOIN_MESSAGE_SECONDS = 30.0  # from the WebSocket opening to the join message
@@ -130,13 +130,26 @@ def recent_speakers(log: Sequence[SpeakingTick], since: float) -> set[int]:
 
 
 def display_name(identity: dict[str, Any]) -> str:
+    """The identity's displayName, as Teams shows it; an application without one (a bot whose
+    roster entry carries its app id alone) is DEFAULT_APP_NAME, never a piece of its id."""
     for kind, value in identity.items():
         if isinstance(value, dict):
-            if isinstance(value.get("displayName"), str):
+            if isinstance(value.get("displayName"), str) and value["displayName"].strip():
                 return str(value["displayName"])
-            if kind == "application":
-                return f"Bot {str(value.get('id', ''))[:8]}"
+            if kind in ("application", "applicationInstance"):
+                return DEFAULT_APP_NAME
     return "Participant"
+
+
+def streams_view(streams: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """A roster entry's media streams for the page: mediaType and sourceId as Graph's
+    participant mediaStreams carry them (the MSI in decimal, a string: resources/mediastream,
+    https://learn.microsoft.com/en-us/graph/api/resources/mediastream)."""
+    return [
+        {"mediaType": str(s.get("mediaType", "")), "sourceId": str(s.get("sourceId", ""))}
+        for s in streams
+        if str(s.get("sourceId", "")).isdigit()
+    ]
 
 
 def _hidden(participant: EmulatedParticipant) -> bool:
@@ -167,17 +180,24 @@ def roster_view(
             audible |= recent_speakers(link.speaking_log, now - SPEAKING_HOLD_SECONDS)
             if link.dominant_speaker != NO_SPEAKER:
                 dominant.add(link.dominant_speaker)
-    people: list[tuple[str, dict[str, Any], ParticipantScript | None, bool]] = [
-        (p.id, p.identity, p.script, p.is_muted) for p in entries.values() if not _hidden(p)
+    people: list[
+        tuple[str, dict[str, Any], ParticipantScript | None, bool, list[dict[str, Any]]]
+    ] = [
+        (p.id, p.identity, p.script, p.is_muted, p.media_streams)
+        for p in entries.values()
+        if not _hidden(p)
     ]
     if not calls:
-        people = [
-            (s.participant_id, s.identity(meeting.tenant_id), s, False)
-            for s in meeting.participants
-        ]
+        scripted = [from_script(s) for s in meeting.participants]
+        people = [(p.id, p.identity, p.script, False, p.media_streams) for p in scripted]
     view = []
-    for pid, identity, script, muted in people:
-        entry: dict[str, Any] = {"id": pid, "name": display_name(identity), "muted": muted}
+    for pid, identity, script, muted, streams in people:
+        entry: dict[str, Any] = {
+            "id": pid,
+            "name": display_name(identity),
+            "muted": muted,
+            "streams": streams_view(streams),
+        }
         if script is not None:
             entry["kind"] = "you" if pid == me else "person"
             entry["speaking"] = script.msi in audible
@@ -240,7 +260,8 @@ class BrowserSession:
         self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         audio = pc.addTransceiver(self.bot_audio, direction="sendrecv")
         # The browser offers telephone-event; aiortc's stock decoder thread dies on it
-        # (aiortc-internals.md section 6), and nobody dials from the page.
+        # (get_decoder raises outside the try of decoder_worker,
+        # aiortc/src/aiortc/rtcrtpreceiver.py), and nobody dials from the page.
         codecs = RTCRtpSender.getCapabilities("audio").codecs
         audio.setCodecPreferences([c for c in codecs if c.mimeType.lower() != TELEPHONE_EVENT])
         video = pc.addTransceiver(self.bot_video, direction="sendrecv")
@@ -297,7 +318,13 @@ class BrowserSession:
         if self.joined or self._released is not None:
             return
         self.joined = True
-        logger.info("%r joins %s", self, self.meeting.thread_id)
+        logger.info(
+            "%r joins %s with audio MSI %d, camera MSI %s",
+            self,
+            self.meeting.thread_id,
+            self.script.msi,
+            self.script.video_msi,
+        )
         join_meeting(self.emulator, self.meeting, self.script)
         self._refresh_taps()
 
@@ -346,14 +373,18 @@ class BrowserSession:
     def state(self) -> dict[str, Any]:
         now = time.monotonic()
         pc = self.pc
+        calls = self._calls()
+        owner = self.bot_video.owner
         return {
             "type": "state",
             "participantId": self.participant_id,
             "joined": self.joined,
             "connection": pc.connectionState if pc is not None else "new",
             "meeting": {"threadId": self.meeting.thread_id, "subject": self.meeting.subject},
+            # The bot whose video the page's bot tile shows (its roster id), if any.
+            "videoFrom": next((c.my_participant_id for c in calls if c.id == owner), None),
             "roster": roster_view(
-                self._calls(),
+                calls,
                 self.meeting,
                 self.participant_id,
                 lambda call_id: self.bot_audio.speaking(call_id, now),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -27,6 +28,8 @@ PRIME_FRAMES = 2  # a lane starts (and restarts after running dry) with 40 ms in
 BOT_AUDIBLE_RMS = 100.0  # int16 RMS; as the MP's floor for a live microphone (mpaudio.py)
 SPEAKING_HOLD_SECONDS = 0.6  # "speaking" lingers this long after the last audible frame
 VIDEO_OWNER_SECONDS = 1.0  # the page shows one bot's video; another takes over after a pause
+VIDEO_CLOCK_HZ = 90_000  # RTP video clock (RFC 3551 section 5)
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_HZ)
 
 Pcm = npt.NDArray[np.int16]
 
@@ -120,27 +123,41 @@ class BotAudio(MediaStreamTrack):
 
 
 class BotVideo(MediaStreamTrack):
-    """One bot's video for the page, newest frame wins. The frames keep the bot's own RTP
-    timestamps as pts (aiortc's decoder sets them), so they are shared, never modified."""
+    """One bot's video for the page, newest frame wins.
+
+    The page's sender gets a copy of each frame, timed by its arrival here: the link's frame is
+    shared (the link, every page) and aiortc's encoder changes the frame it encodes (PyAV
+    rebases pts and time_base in place, CodecContext.encode in av/codec/context.py; aiortc sets
+    pict_type for a key frame, aiortc/codecs/vpx.py). The bot's own pts cannot time the page's
+    stream either: aiortc's receiver counts them from 0 for each bot (TimestampMapper,
+    aiortc/rtcrtpreceiver.py), so a bot taking over would send RTP timestamps back in time and
+    the browser's jitter buffer would hold its frames (a frozen tile)."""
 
     kind = "video"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
+        self._clock = clock
         self._frame: av.VideoFrame | None = None
+        self._arrived = 0.0  # the clock when _frame arrived
         self._owner: str | None = None
         self._owner_seen = 0.0
+        self._start: float | None = None
+        self._last_pts = -1
         self._wake = asyncio.Event()
         self.frames = 0
 
+    @property
+    def owner(self) -> str | None:
+        """The key (call id) of the bot on screen."""
+        return self._owner
+
     def put(self, key: str, frame: av.VideoFrame) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if key != self._owner and now - self._owner_seen < VIDEO_OWNER_SECONDS:
             return  # another bot is on screen
-        if frame.pts is None:
-            return
         self._owner, self._owner_seen = key, now
-        self._frame = frame
+        self._frame, self._arrived = frame, now
         self._wake.set()
 
     def forget(self, key: str) -> None:
@@ -159,6 +176,19 @@ class BotVideo(MediaStreamTrack):
             frame, self._frame = self._frame, None
             if frame is not None:
                 self.frames += 1
-                return frame
+                return self._own(frame, self._arrived)
             self._wake.clear()
             await self._wake.wait()
+
+    def _own(self, frame: av.VideoFrame, arrived: float) -> av.VideoFrame:
+        """The page's copy of a frame, with pts on the page's 90 kHz clock, rising."""
+        if frame.format.name == "yuv420p":
+            out = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+        else:
+            out = frame.reformat(format="yuv420p")  # a new frame
+        if self._start is None:
+            self._start = arrived
+        pts = max(round((arrived - self._start) * VIDEO_CLOCK_HZ), self._last_pts + 1)
+        self._last_pts = out.pts = pts
+        out.time_base = VIDEO_TIME_BASE
+        return out

@@ -1,5 +1,6 @@
-"""One emulated call: its resource, its state machine (graph-comms.md 1.4) and the ordered stream
-of signed notifications Graph posts about it to its callbackUri (1.6)."""
+"""One emulated call: its resource, its state machine (https://learn.microsoft.com/en-us/graph/api/resources/call)
+and the ordered stream of signed notifications Graph posts about it to its callbackUri
+(https://learn.microsoft.com/en-us/graph/api/resources/commsnotifications)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ logger = logging.getLogger(__name__)
 
 HISTORY = 2000  # notifications, tones and finished operations kept per call
 # Graph's timing rules, in seconds of Graph time (EmulatorConfig.time_scale shrinks them all).
-RING_SECONDS = 15.0  # answer/reject/redirect window (GDC call-answer.md)
-POLICY_RING_SECONDS = 5.0  # the same for policy-based recording (call-answer.md)
-INACTIVE_SECONDS = 45 * 60.0  # "not receive this request within 45 minutes" (call-keepalive.md)
+# The answer/reject/redirect window, 5 s for policy-based recording (https://learn.microsoft.com/en-us/graph/api/call-answer).
+RING_SECONDS = 15.0
+POLICY_RING_SECONDS = 5.0
+# "not receive this request within 45 minutes" (https://learn.microsoft.com/en-us/graph/api/call-keepalive).
+INACTIVE_SECONDS = 45 * 60.0
+DEFAULT_APP_NAME = "Media bot"  # an app registration's display name unless it has its own
 
 
 def result_info(code: int, subcode: int, message: str) -> dict[str, Any]:
@@ -41,7 +45,8 @@ def result_info(code: int, subcode: int, message: str) -> dict[str, Any]:
 # 500/7112: the documented symptom of a bot media endpoint that cannot be reached (1.4, 1.8).
 MEDIA_FAILED = result_info(500, 7112, "MediaControllerConversationAddParticipantFailed")
 HUNG_UP = result_info(0, 0, "The call was ended by the application.")
-# 410/301005 "Media connectivity failure." is in call-delete.md's table of call end reason codes
+# 410/301005 "Media connectivity failure." is in the table of call end reason codes of
+# https://learn.microsoft.com/en-us/graph/api/call-delete
 # (microsoftgraph/microsoft-graph-docs PR 16376); production bots see it as "Client Media
 # Error. DiagCode: 410#301005.@" when media drops mid-call. The emulator uses it when its own
 # media processor vanishes, after MP_LOST_SECONDS of Graph time (the docs give no delay; ours is
@@ -58,7 +63,8 @@ ENDED = frozenset({"terminating", "terminated"})
 
 @dataclass
 class Operation:
-    """A commsOperation (GDC resources/commsoperation.md) of one subtype."""
+    """A commsOperation of one subtype
+    (https://learn.microsoft.com/en-us/graph/api/resources/commsoperation)."""
 
     id: str
     kind: str  # e.g. "playPromptOperation"
@@ -81,7 +87,7 @@ class Operation:
 @dataclass
 class MediaJob:
     """A queued playPrompt or recordResponse: they run one after the other
-    (call-cancelmediaprocessing.md: "by default queued to process in order")."""
+    ("by default queued to process in order", https://learn.microsoft.com/en-us/graph/api/call-cancelmediaprocessing)."""
 
     operation: Operation
     seconds: float
@@ -130,9 +136,13 @@ class EmulatedCall:
     sender: asyncio.Task[None] | None = None
     last_request: float = 0.0
     ending: bool = False
-    # Policy-based recording: how many participants the bot said it can take (call-answer.md).
+    # Policy-based recording: how many participants the bot said it can take
+    # (https://learn.microsoft.com/en-us/graph/api/call-answer).
     participant_capacity: int | None = None
     overflow_calls: list[str] = field(default_factory=list)  # ids of calls rung for the rest
+    # Where a redirect sent the call: its targets' identity ids, once Graph accepted it
+    # (https://learn.microsoft.com/en-us/graph/api/call-redirect).
+    redirected_to: list[str] = field(default_factory=list)
     # Who takes a joiner beyond participant_capacity (incoming.py rings them a call of their own).
     on_overflow: Callable[[ParticipantScript], None] | None = None
 
@@ -156,7 +166,8 @@ class EmulatedCall:
         return participant
 
     def resource(self) -> dict[str, Any]:
-        """The call resource (GDC resources/call.md) as GET and notifications show it."""
+        """The call resource as GET and notifications show it
+        (https://learn.microsoft.com/en-us/graph/api/resources/call)."""
         data: dict[str, Any] = {
             "@odata.type": "#microsoft.graph.call",
             "@odata.id": self.url,
@@ -183,17 +194,35 @@ class EmulatedCall:
         self.last_request = asyncio.get_running_loop().time()
 
 
-def bot_participant(call: EmulatedCall, source: dict[str, Any] | None) -> EmulatedParticipant:
+def app_display_name(emulator: Emulator, app_id: str) -> str:
+    """The app registration's name, which Graph shows as the bot's displayName."""
+    registration = emulator.config.apps.get(app_id)
+    return registration.display_name if registration is not None else DEFAULT_APP_NAME
+
+
+def bot_participant(
+    call: EmulatedCall, source: dict[str, Any] | None, app_name: str = DEFAULT_APP_NAME
+) -> EmulatedParticipant:
     """The app's own roster entry: its application identity, or the guest identity it joined
-    with (`source.identity.guest`, application-post-calls.md "join as guest")."""
-    identity: dict[str, Any] = {"application": {"id": call.app_id}}
+    with (`source.identity.guest`, the "join as guest" example of
+    https://learn.microsoft.com/en-us/graph/api/application-post-calls). The application
+    identity carries a displayName as in Graph's rosters (communicationsApplicationIdentity,
+    https://learn.microsoft.com/en-us/graph/api/resources/communicationsapplicationidentity):
+    the one the bot gave in source.identity.application, else the app registration's."""
     given = source.get("identity") if isinstance(source, dict) else None
+    stated = given.get("application") if isinstance(given, dict) else None
+    name = stated.get("displayName") if isinstance(stated, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        name = app_name
+    identity: dict[str, Any] = {"application": {"id": call.app_id, "displayName": name}}
     if isinstance(given, dict) and isinstance(given.get("guest"), dict):
         guest = dict(given["guest"])
         guest.setdefault("id", str(uuid.uuid4()))
         identity = {"guest": guest}
-    # Real rosters list the app's own streams too (identifylargegalleryview.md); the emulator
-    # leaves them out for now because the bot's demo counts every roster MSI as a speaker.
+    # Real rosters list the app's own streams too
+    # (https://learn.microsoft.com/en-us/graph/cloud-communications-identifylargegalleryview);
+    # the emulator leaves them out for now because the bot's demo counts every roster MSI as a
+    # speaker.
     return EmulatedParticipant(call.my_participant_id, identity, [])
 
 
@@ -295,7 +324,7 @@ def finish_operation(
     **extra: Any,
 ) -> None:
     """The operation's final state, as a `deleted` notification on its operations URL
-    (commsoperation.md: running operations end with a notification)."""
+    (running operations end with a notification, https://learn.microsoft.com/en-us/graph/api/resources/commsoperation)."""
     operation.status = status
     operation.result_info = result
     operation.extra.update(extra)
@@ -349,6 +378,7 @@ async def _connect_media(emulator: Emulator, call: EmulatedCall) -> bool:
             emulator.config.media_loss_seed,
             light=emulator.config.media_light,
             impairment=emulator.config.media_impairment,
+            host_addresses=emulator.config.media_host_addresses,
         )
         await call.link.connect(call.scripts, emulator.config.media_connect_timeout_seconds)
     except MediaProcessorError as exc:
@@ -371,7 +401,7 @@ def end_call(emulator: Emulator, call: EmulatedCall, result: dict[str, Any] | No
 
 
 async def _finish(emulator: Emulator, call: EmulatedCall, result: dict[str, Any] | None) -> None:
-    # A hang-up of an established call shows terminating first (call-delete.md).
+    # A hang-up of an established call shows terminating first (https://learn.microsoft.com/en-us/graph/api/call-delete).
     if call.state == "established":
         set_state(emulator, call, "terminating")
     if call.link is not None:

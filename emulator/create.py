@@ -1,6 +1,6 @@
 """POST /communications/calls: join a meeting (organizerMeetingInfo with chatInfo, or
 joinMeetingIdMeetingInfo), place a peer-to-peer call (one target) or a group call (several),
-with app-hosted or service-hosted media (GDC application-post-calls.md; graph-comms.md 1.2 #1)."""
+with app-hosted or service-hosted media (https://learn.microsoft.com/en-us/graph/api/application-post-calls)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from emulator.calls import (
     EmulatedCall,
+    app_display_name,
     bot_participant,
     end_call,
     establish,
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from emulator.server import Emulator
 
 JOIN_BY_ID = "#microsoft.graph.joinMeetingIdMeetingInfo"
-MAX_GROUP_TARGETS = 5  # "up to 5 VoIP users" (application-post-calls.md, group call examples)
+# "up to 5 VoIP users" (the group call examples of https://learn.microsoft.com/en-us/graph/api/application-post-calls)
+MAX_GROUP_TARGETS = 5
 # The docs do not say what a wrong meeting passcode does. A join is asynchronous, so this
 # emulator accepts the request (201) and ends the call the way other join failures end:
 # terminated with a resultInfo, here 403 (the caller is not allowed in).
@@ -112,8 +114,8 @@ def _plan_join(emulator: Emulator, body: dict[str, Any]) -> CallPlan:
     if not isinstance(info, dict) or "@odata.type" not in info:
         raise BadRequest("meetingInfo must be a typed meetingInfo.")
     if info["@odata.type"] == JOIN_BY_ID:
-        # joinMeetingIdMeetingInfo {joinMeetingId, passcode (optional)} (GDC
-        # resources/joinmeetingidmeetinginfo.md); no chatInfo.threadId is needed.
+        # joinMeetingIdMeetingInfo {joinMeetingId, passcode (optional)}, no chatInfo.threadId needed
+        # (https://learn.microsoft.com/en-us/graph/api/resources/joinmeetingidmeetinginfo).
         meeting_id, passcode = info.get("joinMeetingId"), info.get("passcode")
         if not isinstance(meeting_id, str) or not meeting_id:
             raise BadRequest("meetingInfo.joinMeetingId is required.")
@@ -164,7 +166,9 @@ def build_call(
         call.roster.add_identity(identity, call.tenant_id, talks=not call.roster.participants)
     others = list(call.roster.participants.values())
     call.scripts = [p.script for p in others if p.script is not None]
-    bot = call.roster.add(bot_participant(call, body.get("source")))
+    bot = call.roster.add(
+        bot_participant(call, body.get("source"), app_display_name(emulator, app_id))
+    )
     call.fields["source"] = body.get("source") or {
         "@odata.type": "#microsoft.graph.participantInfo",
         "identity": bot.identity,

@@ -1,5 +1,6 @@
 """Every Graph request, recorded for tests; and injected throttling/outage answers (429/503 with
-Retry-After, graph-comms.md 1.9) that tests arm through POST /emulator/faults."""
+Retry-After, https://learn.microsoft.com/en-us/graph/throttling) that tests arm through
+POST /emulator/faults."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The Graph calls API under /v1.0/communications/calls (graph-comms.md 1.2): creating calls
-(emulator.create), answering incoming ones (emulator.incoming), call and participant actions
-(emulator.operations, emulator.mediaops, emulator.participants), and here GET, DELETE,
-keepAlive and GET of an operation."""
+"""The Graph calls API under /v1.0/communications/calls
+(https://learn.microsoft.com/en-us/graph/api/resources/call): creating calls (emulator.create),
+answering incoming ones (emulator.incoming), call and participant actions (emulator.operations,
+emulator.mediaops, emulator.participants), and here GET, DELETE, keepAlive and GET of an
+operation."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
         return web.json_response(call.resource())
 
     async def delete_call(request: web.Request) -> web.Response:
-        """204, then `updated` terminating and `deleted` terminated {0} (call-delete.md)."""
+        """204, then `updated` terminating and `deleted` terminated {0}
+        (https://learn.microsoft.com/en-us/graph/api/call-delete)."""
         call = find_call(emulator, request)
         if isinstance(call, web.Response):
             return call
@@ -45,7 +47,7 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
         emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
     ) -> web.Response:
         """200 and no notification; the inactivity clock was reset by the lookup itself, and an
-        ended call was already 404 (call-keepalive.md)."""
+        ended call was already 404 (https://learn.microsoft.com/en-us/graph/api/call-keepalive)."""
         return web.Response(status=200)
 
     async def get_operation(request: web.Request) -> web.Response:

@@ -1,6 +1,7 @@
 """Incoming calls: the `created` notification Graph posts for a call to the app, and the app's
 three answers, answer / reject / redirect, inside the 15 s window (5 s for policy-based
-recording) (GDC call-answer.md, call-reject.md, call-redirect.md)."""
+recording) (https://learn.microsoft.com/en-us/graph/api/call-answer, .../call-reject,
+.../call-redirect)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from emulator.calls import (
     RING_SECONDS,
     RING_TIMEOUT,
     EmulatedCall,
+    app_display_name,
     bot_participant,
     end_call,
     establish,
@@ -28,6 +30,7 @@ from emulator.odata import (
     bounded_int,
     call_options,
     https_uri,
+    identity_id,
     identity_set,
     media_config,
     modalities,
@@ -41,9 +44,12 @@ from emulator.routing import INCOMING, call_action
 if TYPE_CHECKING:
     from emulator.server import Emulator
 
-ACCEPTED_MODALITIES = frozenset({"audio", "video", "videoBasedScreenSharing"})  # call-answer.md
-REJECT_REASONS = frozenset({"none", "busy", "forbidden"})  # call-reject.md (None, Busy, Forbidden)
-MAX_REDIRECT_TARGETS = 25  # "We support up to 25 targets for simulring" (call-redirect.md)
+# acceptedModalities (https://learn.microsoft.com/en-us/graph/api/call-answer)
+ACCEPTED_MODALITIES = frozenset({"audio", "video", "videoBasedScreenSharing"})
+# None, Busy, Forbidden (https://learn.microsoft.com/en-us/graph/api/call-reject)
+REJECT_REASONS = frozenset({"none", "busy", "forbidden"})
+# "We support up to 25 targets for simulring" (https://learn.microsoft.com/en-us/graph/api/call-redirect)
+MAX_REDIRECT_TARGETS = 25
 DEFAULT_CALLER = ParticipantScript(
     "Casey Caller", str(uuid.UUID(int=0xCA11E4)), 0xCA11, "", seed=11
 )
@@ -121,7 +127,7 @@ def ring(
         scripts=[script],
     )
     caller = call.roster.add(from_script(script))
-    call.roster.add(bot_participant(call, None))
+    call.roster.add(bot_participant(call, None, app_display_name(emulator, app_id)))
     call.fields.update(_incoming_fields(call, script, caller.id, policy))
     register(emulator, call)
     notify_call(emulator, call, "created")
@@ -152,7 +158,8 @@ def _caller(given: Any) -> ParticipantScript:
 def _incoming_fields(
     call: EmulatedCall, caller: ParticipantScript, caller_participant: str, policy: bool
 ) -> dict[str, Any]:
-    """source, targets and incomingContext as call-answer.md examples 1-3 show them; a policy
+    """source, targets and incomingContext as examples 1-3 of https://learn.microsoft.com/en-us/graph/api/call-answer
+    show them; a policy
     recording call targets the application instance, observes the caller, and carries
     applicationMetadata.botData (example 3)."""
     kind = "applicationInstance" if policy else "application"
@@ -260,7 +267,8 @@ async def answer(
 async def reject(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
-    """202; then the call is `deleted` (call-reject.md example 2 shows no resultInfo)."""
+    """202; then the call is `deleted`, with no resultInfo in example 2 of
+    https://learn.microsoft.com/en-us/graph/api/call-reject."""
     reason = body.get("reason", "none")
     if not isinstance(reason, str) or reason.lower() not in REJECT_REASONS:
         raise BadRequest("reason must be none, busy or forbidden.")
@@ -272,15 +280,16 @@ async def reject(
 async def redirect(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
-    """202; then `deleted` terminated (call-redirect.md)."""
+    """202; then `deleted` terminated (https://learn.microsoft.com/en-us/graph/api/call-redirect)."""
     targets = body.get("targets")
     if not isinstance(targets, list) or not 1 <= len(targets) <= MAX_REDIRECT_TARGETS:
         raise BadRequest(f"targets must list 1 to {MAX_REDIRECT_TARGETS} participants.")
-    for target in targets:
-        identity_set(target, "targets[]")
-    # timeout: 15 to 90 s; 55 by default for one target, 60 for several (call-redirect.md).
+    identities = [identity_set(target, "targets[]") for target in targets]
+    # timeout: 15 to 90 s; 55 by default for one target, 60 for several
+    # (https://learn.microsoft.com/en-us/graph/api/call-redirect).
     bounded_int(body, "timeout", 15, 90, 55 if len(targets) == 1 else 60)
     call.callback_uri = https_uri(body, "callbackUri", required=False) or call.callback_uri
+    call.redirected_to = [identity_id(identity) or "" for identity in identities]
     end_call(emulator, call, None)
     return web.Response(status=202)
 

@@ -1,6 +1,7 @@
 """The identity side: an OAuth 2.0 client-credentials token endpoint with OpenID discovery that
-the real MSAL library accepts (verified-facts.md), and the OpenID configuration that publishes the
-key signing call notifications (the api.aps.skype.com document, graph-comms.md section 2.2)."""
+the real MSAL library accepts, and the OpenID configuration that publishes the key signing call
+notifications (the https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration document,
+https://learn.microsoft.com/en-us/microsoftteams/platform/bots/calls-and-meetings/call-notifications)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Service-hosted media operations: playPrompt, recordResponse and cancelMediaProcessing, queued
-in order per call (GDC call-playprompt.md, call-record.md, call-cancelmediaprocessing.md), and
-the recorded files they hand out (recordingLocation + recordingAccessToken)."""
+in order per call (https://learn.microsoft.com/en-us/graph/api/call-playprompt, .../call-record,
+.../call-cancelmediaprocessing), and the recorded files they hand out (recordingLocation +
+recordingAccessToken)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ if TYPE_CHECKING:
     from emulator.server import Emulator
 
 PROMPT_SECONDS = 2.0  # how long one prompt plays; the emulator does not fetch the WAV
-MAX_PROMPTS = 20  # "The maximum supported MediaPrompt collection size is 20" (call-playprompt.md)
+# "The maximum supported MediaPrompt collection size is 20" (https://learn.microsoft.com/en-us/graph/api/call-playprompt)
+MAX_PROMPTS = 20
 MAX_QUEUED = 100
 RECORDINGS_KEPT = 100
-PROMPT_DONE = result_info(200, 0, "Action completed successfully.")  # call-playprompt.md
+# The results of https://learn.microsoft.com/en-us/graph/api/call-playprompt, .../call-record and
+# .../call-cancelmediaprocessing
+PROMPT_DONE = result_info(200, 0, "Action completed successfully.")
 RECORD_DONE = result_info(200, 8515, "Action completed, max record duration reached.")
 CANCELLED = result_info(400, 8508, "Action failed, the operation was cancelled.")
 
@@ -47,7 +51,7 @@ CANCELLED = result_info(400, 8508, "Action failed, the operation was cancelled."
 def routes(emulator: Emulator) -> list[web.RouteDef]:
     async def recording(request: web.Request) -> web.Response:
         """GET recordingLocation with `Authorization: Bearer <recordingAccessToken>`
-        (call-record.md example 2)."""
+        (example 2 of https://learn.microsoft.com/en-us/graph/api/call-record)."""
         entry = emulator.recordings.get(request.match_info["recording_id"])
         if entry is None:
             return graph_error(404, "NotFound", "Recording not found.")
@@ -67,7 +71,7 @@ def routes(emulator: Emulator) -> list[web.RouteDef]:
 
 def _service_hosted_only(call: EmulatedCall, action: str) -> None:
     # "supported only for calls that are initiated with serviceHostedMediaConfig"
-    # (call-playprompt.md, call-record.md).
+    # (https://learn.microsoft.com/en-us/graph/api/call-playprompt, .../call-record).
     if call.app_hosted:
         raise BadRequest(f"{action} is supported only for calls with serviceHostedMediaConfig.")
 
@@ -106,7 +110,8 @@ async def record(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """200 + Location with a running recordOperation; after maxRecordDurationInSeconds it
-    completes {200, 8515} with recordingLocation and recordingAccessToken (call-record.md)."""
+    completes {200, 8515} with recordingLocation and recordingAccessToken
+    (https://learn.microsoft.com/en-us/graph/api/call-record)."""
     _service_hosted_only(call, "recordResponse")
     count = _prompts(body, 1, required=False)
     optional_bool(body, "bargeInAllowed", False)

@@ -105,11 +105,14 @@ class MediaProcessorLink:
         loss_seed: int = 1,
         light: bool = False,
         impairment: Impairment | None = None,
+        host_addresses: Sequence[str] = (),
     ) -> None:
         """impairment: loss, jitter, reordering and blackouts on the packets to the bot
         (emulator/impairment.py); loss_rate/loss_seed are its shorthand for random loss alone
         (ignored when impairment is given). light: the load-generator mode (mpaudio.py):
-        pre-encoded audio, the bot's audio only counted."""
+        pre-encoded audio, the bot's audio only counted. host_addresses: the only local
+        addresses ICE host candidates are gathered on, loopback allowed (empty: every
+        non-loopback interface, aioice's own discovery)."""
         for key in ("mpUri", "mpMediaSessionId", "token"):
             if not isinstance(blob.get(key), str):
                 raise MediaProcessorError(f"the media config blob has no {key}")
@@ -122,6 +125,7 @@ class MediaProcessorLink:
             raise MediaProcessorError(f"bad videoSockets in the blob: {exc}") from None
         self._blob = blob
         self._ssl = ssl_context
+        self.host_addresses = tuple(host_addresses)
         self.unmixed = unmixed
         self.light = light
         self.participants: list[ParticipantScript] = []
@@ -162,6 +166,20 @@ class MediaProcessorLink:
         self.video_taps: list[Callable[[av.VideoFrame], None]] = []
 
     # Ground truth of what was sent (empty before the media starts).
+
+    @property
+    def selected_pair(self) -> tuple[str, int, str, int] | None:
+        """(local ip, port, bot's ip, port) of the ICE pair media flows on (RFC 8445 section
+        8.1.1's nominated pair), once connected; None before. BUNDLE: one pair for all."""
+        pc = self._pc
+        if pc is None or not pc.getTransceivers():
+            return None
+        connection = _ice_connection(pc.getTransceivers()[0])
+        pair = connection._nominated.get(1)  # component 1: RTP (rtcp-mux, RFC 5761)
+        if pair is None:
+            return None
+        local = pair.local_candidate
+        return (local.host, local.port, pair.remote_addr[0], pair.remote_addr[1])
 
     @property
     def sent(self) -> Recording:
@@ -290,10 +308,16 @@ class MediaProcessorLink:
         for transceiver in audio:
             self._watch_reports(transceiver.sender)
 
+        if self.host_addresses:
+            _restrict_host_candidates(pc, self.host_addresses)
+
         @pc.on("connectionstatechange")
         def _on_state() -> None:
             if pc.connectionState == "connected":
                 self.connected.set()
+                pair = self.selected_pair
+                if pair is not None:
+                    logger.info("MP x media connected: local %s:%d, bot %s:%d", *pair)
             elif pc.connectionState in ("failed", "closed"):
                 self.failed.set()
 
@@ -353,8 +377,9 @@ class MediaProcessorLink:
         self, transceiver: RTCRtpTransceiver, event_payload_type: int | None
     ) -> None:
         """Take the bot's DTMF events before aiortc's stock receiver, whose decoder thread dies on
-        a packet it has no decoder for (aiortc-internals.md section 6). In light mode take all of
-        the bot's audio: count it and feed the RTCP statistics, decode nothing."""
+        a packet it has no decoder for (get_decoder raises outside the try of decoder_worker,
+        aiortc/src/aiortc/rtcrtpreceiver.py). In light mode take all of the bot's audio: count it
+        and feed the RTCP statistics, decode nothing."""
         receiver = transceiver.receiver
         original = receiver._handle_rtp_packet
         streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
@@ -589,6 +614,37 @@ class MediaProcessorLink:
 
 async def _send_nothing(data: bytes) -> None:
     """A vanished MP's network: every datagram is lost."""
+
+
+def _ice_connection(transceiver: RTCRtpTransceiver) -> Any:
+    """The aioice.Connection under a transceiver (RTCIceTransport's gatherer's, aiortc
+    rtcicetransport.py; tests/test_network.py fails if the path or aioice's
+    get_component_candidates signature change)."""
+    return transceiver.receiver.transport.transport.iceGatherer._connection
+
+
+def _restrict_host_candidates(pc: RTCPeerConnection, allowed: tuple[str, ...]) -> None:
+    """Gather host candidates on the `allowed` addresses only, loopback included.
+
+    aioice's Connection.gather_candidates binds one socket per address of get_host_addresses(),
+    which leaves out 127.0.0.1 and ::1 (aioice ice.py), and aiortc has no option for it. It then
+    hands the list to get_component_candidates(component, addresses), so each connection's
+    method is wrapped before gathering (createOffer/setLocalDescription) to receive ours instead.
+    An empty list (the relay-only policy, RFC 9429 section 3.5.3) stays empty.
+    """
+    connections = {id(c): c for c in (_ice_connection(t) for t in pc.getTransceivers())}
+    for connection in connections.values():
+        gather = connection.get_component_candidates
+
+        async def restricted(
+            component: int,
+            addresses: list[str],
+            timeout: int = 5,  # noqa: ASYNC109 - aioice's own signature (called with keywords)
+            gather: Any = gather,
+        ) -> Any:
+            return await gather(component, list(allowed) if addresses else [], timeout)
+
+        connection.get_component_candidates = restricted
 
 
 def _key_frame(socket: VideoSocket) -> None:

@@ -1,4 +1,5 @@
-"""Signed commsNotifications posted to a call's callbackUri (graph-comms.md sections 1.6, 2.2)."""
+"""Signed commsNotifications posted to a call's callbackUri
+(https://learn.microsoft.com/en-us/graph/api/resources/commsnotifications, https://learn.microsoft.com/en-us/microsoftteams/platform/bots/calls-and-meetings/call-notifications)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def notification(change_type: str, resource_url: str, resource_data: Any) -> dic
     return {
         "@odata.type": "#microsoft.graph.commsNotification",
         "changeType": change_type,
-        # Graph still sends the legacy /app path next to resourceUrl (graph-comms.md 1.1).
+        # Graph still sends the legacy /app path next to resourceUrl (example 3 of
+        # https://learn.microsoft.com/en-us/graph/api/call-answer).
         "resource": resource_url.replace("/communications/", "/app/", 1),
         "resourceUrl": resource_url,
         "resourceData": resource_data,

@@ -5,9 +5,9 @@ rotated keys (SigningFaults). Both are armed at start (EmulatorConfig.notificati
 POST /emulator/faults/notifications and /emulator/faults/signing arm (JSON body, replacing what
 was armed), DELETE disarms, GET shows the armed policy and what it did (`FaultInjector.log`).
 
-Why these faults: Graph gives no ordering or exactly-once promise for callbacks (graph-comms.md
-1.6: "establishing"/"established" may arrive out of order; the SDK deduplicates), a webhook can
-be unreachable for a while, and the signing keys of api.aps.skype.com roll over (2.2). A bot has
+Why these faults: Graph gives no ordering or exactly-once promise for callbacks
+("establishing"/"established" may arrive out of order; the .NET SDK deduplicates), a webhook can
+be unreachable for a while, and the signing keys of api.aps.skype.com roll over. A bot has
 to survive all of it; these knobs make each case reproducible, seeded with `random.Random(seed)`.
 
 Every knob fires on the notifications it matches (filters: `resource` call | participants |

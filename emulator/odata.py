@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 CALLS = "/v1.0/communications/calls"
 CALL = CALLS + "/{call_id}"
 MODALITIES = frozenset({"audio", "video", "videoBasedScreenSharing", "data"})
-# toneInfo.tone (GDC resources/toneinfo.md, JSON representation).
+# toneInfo.tone (JSON representation in https://learn.microsoft.com/en-us/graph/api/resources/toneinfo).
 TONES = frozenset([f"tone{i}" for i in range(10)] + ["star", "pound", "a", "b", "c", "d", "flash"])
 APP_HOSTED = "#microsoft.graph.appHostedMediaConfig"
 SERVICE_HOSTED = "#microsoft.graph.serviceHostedMediaConfig"
-CLIENT_CONTEXT_MAX = 256  # "Max limit is 256 chars" (call-mute.md, participant-invite.md ...)
+# "Max limit is 256 chars" (https://learn.microsoft.com/en-us/graph/api/call-mute,
+# .../participant-invite ...)
+CLIENT_CONTEXT_MAX = 256
 IDENTITY_KINDS = ("user", "application", "applicationInstance", "phone", "guest", "device")
 
 
@@ -100,7 +102,8 @@ def client_context(body: dict[str, Any]) -> str | None:
 
 
 def https_uri(body: dict[str, Any], key: str, *, required: bool) -> str | None:
-    """callbackUri "must be https" (call-answer.md, call-reject.md, call-redirect.md)."""
+    """callbackUri "must be https" (https://learn.microsoft.com/en-us/graph/api/call-answer,
+    .../call-reject, .../call-redirect)."""
     value = body.get(key)
     if value is None and not required:
         return None
@@ -134,7 +137,7 @@ def identity_id(identity: dict[str, Any]) -> str | None:
 
 def media_config(body: dict[str, Any]) -> dict[str, Any]:
     """mediaConfig is required on create and answer: app-hosted (with our blob) or service-hosted
-    (GDC call-answer.md, application-post-calls.md)."""
+    (https://learn.microsoft.com/en-us/graph/api/call-answer, .../application-post-calls)."""
     media = body.get("mediaConfig")
     if not isinstance(media, dict):
         raise BadRequest("mediaConfig is required.")

@@ -1,6 +1,6 @@
 """Call actions that answer with a commsOperation or 202: self mute/unmute, subscribeToTone and
 the tones that follow, sendDtmfTones, updateRecordingStatus, changeScreenSharingRole,
-addLargeGalleryView, and transfer (graph-comms.md 1.2 #8, #14, #18-#22)."""
+addLargeGalleryView, and transfer (the methods of https://learn.microsoft.com/en-us/graph/api/resources/call)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from emulator.routing import ESTABLISHED, call_action, operation_response
 if TYPE_CHECKING:
     from emulator.server import Emulator
 
-# call-transfer.md: success ends {0, 7015 GracefulTransferCompleted}; failure returns the call
-# to established with {500, 7000}.
+# Success ends {0, 7015 GracefulTransferCompleted}; failure returns the call to established
+# with {500, 7000} (https://learn.microsoft.com/en-us/graph/api/call-transfer).
 TRANSFERRED = result_info(0, 7015, "GracefulTransferCompleted")
 TRANSFER_FAILED = result_info(500, 7000, "The transfer target declined the call.")
 # The docs give no durations for these; in Graph seconds, before EmulatorConfig.time_scale.
@@ -83,7 +83,7 @@ def _self_mute(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], *, muted: bool
 ) -> web.Response:
     """200 with a completed (un)muteParticipantOperation, then a roster update with the app's
-    isMuted changed (call-mute.md, call-unmute.md)."""
+    isMuted changed (https://learn.microsoft.com/en-us/graph/api/call-mute, .../call-unmute)."""
     kind = "muteParticipantOperation" if muted else "unmuteParticipantOperation"
     operation = add_operation(call, kind, client_context(body))
     operation.status = "completed"
@@ -96,8 +96,9 @@ async def subscribe_to_tone(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """200 with a completed subscribeToToneOperation; tones then arrive as call `updated` with
-    toneInfo (call-subscribetotone.md). That page limits it to service-hosted calls; the emulator
-    allows it on app-hosted calls too, so an app-hosted bot can be tested with tones."""
+    toneInfo (https://learn.microsoft.com/en-us/graph/api/call-subscribetotone). That page
+    limits it to service-hosted calls; the emulator allows it on app-hosted calls too, so an
+    app-hosted bot can be tested with tones."""
     operation = add_operation(call, "subscribeToToneOperation", client_context(body))
     operation.status = "completed"
     call.tone_subscribed = True
@@ -120,7 +121,8 @@ async def send_dtmf_tones(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """200 with a running sendDtmfTonesOperation; when the tones have played, the operation is
-    `deleted` completed with completionReason completedSuccessfully (call-senddtmftones.md)."""
+    `deleted` completed with completionReason completedSuccessfully
+    (https://learn.microsoft.com/en-us/graph/api/call-senddtmftones)."""
     tones = body.get("tones")
     if (
         not isinstance(tones, list)
@@ -146,8 +148,9 @@ async def update_recording_status(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """200 + Location with a completed updateRecordingStatusOperation
-    (call-updaterecordingstatus.md). The status also shows in the app's roster entry as
-    recordingInfo {initiator, recordingStatus} (resources/recordinginfo.md)."""
+    (https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus). The status also
+    shows in the app's roster entry as recordingInfo {initiator, recordingStatus}
+    (https://learn.microsoft.com/en-us/graph/api/resources/recordinginfo)."""
     status = body.get("status")
     if status not in RECORDING_STATUSES:
         raise BadRequest("status must be notRecording, recording or failed.")
@@ -168,7 +171,7 @@ async def change_screen_sharing_role(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """202 and a roster update: the app's videoBasedScreenSharing stream becomes sendOnly for a
-    sharer (call-changescreensharingrole.md, "only supported for ... App-Hosted Media")."""
+    sharer ("only supported for ... App-Hosted Media", https://learn.microsoft.com/en-us/graph/api/call-changescreensharingrole)."""
     role = body.get("role")
     if role not in SCREEN_SHARING_ROLES:
         raise BadRequest("role must be viewer or sharer.")
@@ -193,7 +196,8 @@ async def add_large_gallery_view(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """202 + Location with a running addLargeGalleryViewOperation; then the operation completes
-    and the roster gains the LargeGallery-V2 participant (call-addlargegalleryview.md)."""
+    and the roster gains the LargeGallery-V2 participant
+    (https://learn.microsoft.com/en-us/graph/api/call-addlargegalleryview)."""
     operation = add_operation(call, "addLargeGalleryViewOperation", client_context(body))
 
     async def add_view() -> None:
@@ -209,8 +213,8 @@ async def transfer(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """202; transferring, then transferAccepted and `deleted` terminated {0, 7015}, or back to
-    established with {500, 7000} when the target declines (call-transfer.md). A target whose id
-    is in EmulatorConfig.declining_users declines."""
+    established with {500, 7000} when the target declines (https://learn.microsoft.com/en-us/graph/api/call-transfer).
+    A target whose id is in EmulatorConfig.declining_users declines."""
     target = body.get("transferTarget")
     identity = identity_set(target, "transferTarget")
     assert isinstance(target, dict)

@@ -61,7 +61,7 @@ class ParticipantScript:
         return source_for(self.voice, self.seed, self.voice_base)
 
     def identity(self, tenant_id: str | None = None) -> dict[str, Any]:
-        """The identitySet entry the roster shows (GDC resources/identityset.md)."""
+        """The identitySet entry the roster shows (https://learn.microsoft.com/en-us/graph/api/resources/identityset)."""
         entry: dict[str, Any] = {"id": self.user_id, "displayName": self.display_name}
         if self.identity_kind == "user" and tenant_id is not None:
             entry["tenantId"] = tenant_id

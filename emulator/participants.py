@@ -1,5 +1,6 @@
 """/calls/{id}/participants: list and get, invite, mute a participant, remove a participant
-(GDC participant-get.md, participant-invite.md, participant-mute.md, participant-delete.md)."""
+(https://learn.microsoft.com/en-us/graph/api/participant-get, .../participant-invite,
+.../participant-mute, .../participant-delete)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
     from emulator.server import Emulator
 
 PARTICIPANTS = CALL + "/participants"
-MAX_INVITES = 5  # "Inviting up to 5 participants is supported" (participant-invite.md)
+# "Inviting up to 5 participants is supported" (https://learn.microsoft.com/en-us/graph/api/participant-invite)
+MAX_INVITES = 5
 INVITE_SECONDS = 1.0  # until the invitees answer; the docs give no figure
-# removedState.reason is a free string (resources/removedstate.md); the emulator's values:
+# removedState.reason is a free string
+# (https://learn.microsoft.com/en-us/graph/api/resources/removedstate); the emulator's values:
 REMOVED_BY_APP = "removedByApplication"
 
 
@@ -61,7 +64,8 @@ async def invite(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """200 + Location with a running inviteParticipantsOperation; then the operation `deleted`
-    completed, then a roster update with the new participants (participant-invite.md)."""
+    completed, then a roster update with the new participants
+    (https://learn.microsoft.com/en-us/graph/api/participant-invite)."""
     invited = body.get("participants")
     if not isinstance(invited, list) or not 1 <= len(invited) <= MAX_INVITES:
         raise BadRequest(f"participants must list 1 to {MAX_INVITES} invitationParticipantInfo.")
@@ -102,7 +106,7 @@ async def mute(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
     """200 + Location with a completed muteParticipantOperation; roster update with isMuted
-    (participant-mute.md)."""
+    (https://learn.microsoft.com/en-us/graph/api/participant-mute)."""
     participant = call.roster.get(request.match_info["participant_id"])
     if participant is None:
         return not_found("Participant not found.")
@@ -118,8 +122,9 @@ async def mute(
 async def remove(
     emulator: Emulator, call: EmulatedCall, body: dict[str, Any], request: web.Request
 ) -> web.Response:
-    """204; the participant leaves the roster (participant-delete.md). The app leaves a call by
-    deleting the call, so naming its own participant is a bad request here."""
+    """204; the participant leaves the roster (https://learn.microsoft.com/en-us/graph/api/participant-delete).
+    The app leaves a call by deleting the call, so naming its own participant is a bad request
+    here."""
     participant_id = request.match_info["participant_id"]
     if participant_id == call.my_participant_id:
         raise BadRequest("To leave the call, DELETE the call.")

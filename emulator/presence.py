@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LEFT = "left"  # removedState.reason of someone who hung up (a free string, removedstate.md)
+# removedState.reason of someone who hung up (a free string, https://learn.microsoft.com/en-us/graph/api/resources/removedstate)
+LEFT = "left"
 ACTIONS = ("join", "leave", "mute", "unmute", "cameraOn", "cameraOff", "shareStart", "shareStop")
 
 
@@ -120,7 +121,7 @@ def apply(emulator: Emulator, call: EmulatedCall, script: ParticipantScript, act
         others = len(call.roster.participants) - 1  # everyone but the bot
         if capacity is not None and others >= capacity:
             # Beyond the capacity the bot answered with, Teams invites another recorder call
-            # (call-answer.md participantCapacity; graph-comms.md 1.5 policy-based recording).
+            # (participantCapacity in https://learn.microsoft.com/en-us/graph/api/call-answer).
             if call.on_overflow is not None:
                 call.on_overflow(script)
             return

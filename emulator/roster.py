@@ -1,21 +1,24 @@
 """A call's participants and the roster notifications Graph sends about them.
 
-Shapes follow GDC resources/participant.md and the roster examples of call-mute.md,
-participant-invite.md, call-changescreensharingrole.md and
-concepts/cloud-communications-identifylargegalleryview.md.
+Shapes follow https://learn.microsoft.com/en-us/graph/api/resources/participant and the
+roster examples of https://learn.microsoft.com/en-us/graph/api/call-mute, .../participant-invite,
+.../call-changescreensharingrole and
+https://learn.microsoft.com/en-us/graph/cloud-communications-identifylargegalleryview.
 
-Delta roster (callOptions.isDeltaRosterEnabled). GDC resources/deltaparticipants.md documents a
+Delta roster (callOptions.isDeltaRosterEnabled). https://learn.microsoft.com/en-us/graph/api/resources/deltaparticipants
+documents a
 `#microsoft.graph.deltaParticipants` entity, "published by communications servers as a
 notification of participant changes since the last update", with `sequenceNumber` (Int64, "used
-to identify the notification order") and a `participants` collection; participant.md adds
+to identify the notification order") and a `participants` collection; resources/participant adds
 `rosterSequenceNumber` ("the roster sequence number in which the participant was last updated")
 and `removedState` {reason}. No doc shows a whole delta notification, so this emulator sends:
 changeType "updated" on .../participants with resourceData one deltaParticipants entity
 {sequenceNumber: n, participants: [only what changed in update n]}; each listed participant has
 rosterSequenceNumber n, and a removed one carries removedState {reason}. The first delta after
-the call is established lists everyone. commsnotification.md allows resourceData to be "an entity
-or a collection of entities", so one entity fits. Without delta roster, resourceData is the whole
-roster as an array (the documented default), each entry still carrying rosterSequenceNumber.
+the call is established lists everyone. resources/commsnotification allows resourceData to be
+"an entity or a collection of entities", so one entity fits. Without delta roster, resourceData
+is the whole roster as an array (the documented default), each entry still carrying
+rosterSequenceNumber.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def media_stream(media_type: str, label: str, msi: int, direction: str) -> dict[
         "@odata.type": "#microsoft.graph.mediaStream",
         "mediaType": media_type,
         "label": label,
-        "sourceId": str(msi),  # the MSI, as a string (graph-comms.md 1.5)
+        "sourceId": str(msi),  # the MSI, as a string (resources/mediastream)
         "direction": direction,
         "serverMuted": False,
     }
@@ -98,8 +101,8 @@ def from_script(script: ParticipantScript) -> EmulatedParticipant:
     """A scripted participant's roster entry: its audio, and its camera and screen share when it
     has them, each with its own MSI. A camera that is on is a sendReceive main-video stream (as
     the large gallery entry below); a screen share is the sharer's sendOnly
-    videoBasedScreenSharing stream labelled applicationsharing-video (graph-comms.md: mediaStream
-    labels, and 4.9 "subscribe the participant whose VBSS stream is sendOnly")."""
+    videoBasedScreenSharing stream labelled applicationsharing-video (the label real rosters show;
+    a bot subscribes to the participant whose VBSS stream is sendOnly)."""
     streams = [audio_stream(script.msi)]
     if script.video_msi is not None:
         streams.append(camera_stream(script.video_msi))
@@ -154,8 +157,10 @@ class Roster:
         return self.add(participant)
 
     def add_large_gallery(self, app_id: str) -> EmulatedParticipant:
-        """The large gallery view participant (identifylargegalleryview.md): ApplicationType
-        LargeGallery-V2, receive-only audio, a sendReceive main video and paging metadata."""
+        """The large gallery view participant
+        (https://learn.microsoft.com/en-us/graph/cloud-communications-identifylargegalleryview):
+        ApplicationType LargeGallery-V2, receive-only audio, a sendReceive main video and paging
+        metadata."""
         view_id = f"{uuid.uuid4()}/1"
         audio, video = self.next_msi(), self.next_msi()
         return self.add(

@@ -33,8 +33,9 @@ def find_call(
 ) -> EmulatedCall | web.Response:
     """The call named in the path, if the caller's app owns it.
 
-    Another app's call is 403: the docs say nothing, and Graph's documented 403s (7504, 7505,
-    graph-comms.md 1.8) are authorization failures of exactly this kind.
+    Another app's call is 403: the docs say nothing, and the 403s real bots report (7504
+    "Insufficient enterprise tenant permissions", 7505 "Request authorization tenant mismatch")
+    are authorization failures of exactly this kind.
     """
     claims = authenticate(emulator, request)
     if isinstance(claims, web.Response):
@@ -79,7 +80,7 @@ def operation_url(emulator: Emulator, call: EmulatedCall, operation: Operation) 
 def operation_response(
     emulator: Emulator, call: EmulatedCall, operation: Operation, status: int = 200
 ) -> web.Response:
-    """The operation in the body and its URL in Location (e.g. call-playprompt.md)."""
+    """The operation in the body and its URL in Location (e.g. https://learn.microsoft.com/en-us/graph/api/call-playprompt)."""
     return web.json_response(
         operation.to_graph(),
         status=status,

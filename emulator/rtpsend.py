@@ -1,4 +1,5 @@
-"""The media processor's own RTP send path for audio (aiortc-internals.md section 2, own loop).
+"""The media processor's own RTP send path for audio (instead of RTCRtpSender._run_rtp in
+aiortc/src/aiortc/rtcrtpsender.py).
 
 aiortc's sender is parked with a track whose recv() never returns; packets are built here as raw
 bytes (RFC 3550 header with a CSRC list, RFC 8285 one-byte header extensions) and handed to the

@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler
 
 from emulator import admin, browser, faults, graph, login, notifyfaults, status
 from emulator.analysis import EchoReport, Recording, echo_report
-from emulator.calls import EmulatedCall, cancel_tasks
+from emulator.calls import DEFAULT_APP_NAME, EmulatedCall, cancel_tasks
 from emulator.faults import FaultRule, RecordedRequest
 from emulator.impairment import Impairment
 from emulator.keys import SigningKey
@@ -39,6 +39,7 @@ class AppRegistration:
     secret: str | None
     tenant_id: str
     certificate_pem: bytes | None = None  # a registered certificate (client assertions)
+    display_name: str = DEFAULT_APP_NAME  # the bot's displayName in rosters
 
 
 @dataclass
@@ -63,9 +64,13 @@ class EmulatorConfig:
     # Load-generator mode (emulator/mpaudio.py): pre-encoded participant audio from a per-seed
     # cache, and the bot's audio only counted (MediaProcessorLink.heard_arrivals), not decoded.
     media_light: bool = False
+    # The only local addresses the media processor gathers ICE host candidates on, loopback
+    # allowed (aioice alone skips 127.0.0.1 and ::1); empty: every non-loopback interface.
+    media_host_addresses: tuple[str, ...] = ()
     # Calls that ring the bot when asked (a scenario's [[incoming]]; incoming.ring_incoming).
     incoming: list[IncomingCall] = field(default_factory=list)
-    # Users (identity ids) who decline a transfer to them (call-transfer.md failure path).
+    # Users (identity ids) who decline a transfer to them (the failure path of
+    # https://learn.microsoft.com/en-us/graph/api/call-transfer).
     declining_users: set[str] = field(default_factory=set)
     # Notification delivery and signing faults armed from the start (emulator/notifyfaults.py;
     # the admin API arms the same at run time).
@@ -138,7 +143,8 @@ class Emulator:
         return next((m for m in self.config.meetings if m.thread_id == thread_id), None)
 
     def join_url(self, meeting: Meeting) -> str:
-        """A Teams join URL in the documented form (graph-comms.md section 3, JoinInfo.cs)."""
+        """A Teams join URL in the form the .NET samples parse
+        (https://github.com/microsoftgraph/microsoft-graph-comms-samples/blob/master/Samples/Common/Sample.Common/Meetings/JoinInfo.cs)."""
         context = urllib.parse.quote(
             f'{{"Tid":"{meeting.tenant_id}","Oid":"{meeting.organizer_id}"}}'
         )

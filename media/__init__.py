@@ -1,4 +1,5 @@
-"""Local media platform: the Python counterpart of Microsoft.Skype.Bots.Media (see DESIGN.md)."""
+"""Local media platform: the Python counterpart of Microsoft.Skype.Bots.Media (see
+docs/architecture.md)."""
 
 from media.clock import Clock, MonotonicClock
 from media.frames import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE_HZ, AudioFrame

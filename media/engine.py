@@ -1,8 +1,8 @@
 """aiortc glue: our audio receive path on a hooked RTCRtpReceiver (sending: media/sender.py).
 
 aiortc keeps ICE, DTLS, SRTP and SDP. Its stock audio receive path adds a fixed 80 ms jitter
-prefetch, drops CSRCs and queues decoded frames without bound (shared/reference/
-aiortc-internals.md section 1), so the receiver's `_handle_rtp_packet` is replaced on the instance
+prefetch, drops CSRCs and queues decoded frames without bound (aiortc/src/aiortc/rtcrtpreceiver.py
+and jitterbuffer.py), so the receiver's `_handle_rtp_packet` is replaced on the instance
 and every decrypted packet comes to AudioReceiver instead. tests/test_aiortc_internals.py fails
 loudly if the internals this relies on change.
 """
@@ -61,11 +61,11 @@ class AudioReceiver:
 
     Runs inline in aiortc's DTLS receive task, so it does a bounded amount of work per packet and
     never awaits: jitter buffer (media/jitter.py), decode (~30 us) and resample (~12 us) per
-    perf-baseline.md. A lost packet's slot is concealed by the decoder once the buffer's wait is
-    over; a loop timer fires then, so concealment is on time even if no packet follows. A
-    continuous stream (mixed audio) keeps delivering a frame per 20 ms when packets stop coming
-    (concealed, then silent frames flagged `concealed`), so the bot's 20 ms cadence survives a
-    blackout.
+    packet, measured on a 2-core machine. A lost packet's slot is concealed by the decoder once
+    the buffer's wait is over; a loop timer fires then, so concealment is on time even if no
+    packet follows. A continuous stream (mixed audio) keeps delivering a frame per 20 ms when
+    packets stop coming (concealed, then silent frames flagged `concealed`), so the bot's 20 ms
+    cadence survives a blackout.
     """
 
     def __init__(
@@ -274,7 +274,8 @@ def receiver_statistics(rtp_receiver: RTCRtpReceiver) -> Callable[[RtpPacket], N
     """Feed aiortc's own per-SSRC statistics, which its RTCP loop turns into receiver reports.
 
     Bypassing the stock _handle_rtp_packet would otherwise silence RTCP RR: the sender would get
-    no loss, jitter or round-trip figures (aiortc-internals.md section 5, E5). About 2 us a packet.
+    no loss, jitter or round-trip figures (the stock one feeds them, aiortc/src/aiortc/
+    rtcrtpreceiver.py). About 2 us a packet.
     """
     streams: dict[int, StreamStatistics] = rtp_receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
 
@@ -288,7 +289,7 @@ def receiver_statistics(rtp_receiver: RTCRtpReceiver) -> Callable[[RtpPacket], N
 
 
 def new_peer_connection() -> RTCPeerConnection:
-    # iceServers=[]: otherwise aiortc falls back to a public STUN server (verified-facts.md).
+    # iceServers=[]: otherwise aiortc falls back to a public STUN server (stun.l.google.com).
     # max-bundle: every m-line on one transport. With aiortc's default (balanced) the later
     # video m-lines keep transports that BUNDLE then stops, and never receive.
     return RTCPeerConnection(
@@ -300,7 +301,7 @@ def hook_receiver(rtp_receiver: RTCRtpReceiver, receiver: AudioReceiver) -> None
     """Route every decrypted packet of this m-line to our receiver.
 
     Safe right after setRemoteDescription: receive() and RTP registration happen later, once
-    DTLS connects (aiortc-internals.md section 1, option A).
+    DTLS connects (RTCRtpReceiver.receive in aiortc/src/aiortc/rtcrtpreceiver.py).
     """
     rtp_receiver._handle_rtp_packet = receiver.handle_rtp  # type: ignore[method-assign]
     receiver.on_packet = receiver_statistics(rtp_receiver)

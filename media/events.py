@@ -1,5 +1,6 @@
-"""Events the media side reports to the bot: plain messages (DESIGN.md section 3), named after
-the Windows library's event args (graph-comms.md 4.4, 4.5)."""
+"""Events the media side reports to the bot: plain messages, named after the Windows library's
+event args (IAudioSocket and IVideoSocket in the media library reference,
+https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html)."""
 
 from __future__ import annotations
 

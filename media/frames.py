@@ -1,4 +1,4 @@
-"""Frames that sockets deliver and accept (DESIGN.md section 5)."""
+"""Frames that sockets deliver and accept."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ Pcm = npt.NDArray[np.int16]
 
 @dataclass(frozen=True, slots=True)
 class UnmixedAudioBuffer:
-    """One speaker's 20 ms in unmixed mode (graph-comms.md 4.4 UnmixedAudioBuffer)."""
+    """One speaker's 20 ms in unmixed mode, like UnmixedAudioBuffer in
+    https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html
+    """
 
     msi: int  # ActiveSpeakerId: the speaker's audio media source id
     pcm: Pcm
@@ -56,7 +58,7 @@ def silence() -> Pcm:
 
 @dataclass(slots=True)
 class VideoFrame:
-    """One NV12 picture (graph-comms.md 4.5 VideoMediaBuffer): `data` holds `height` rows of Y
+    """One NV12 picture (as VideoMediaBuffer carries it): `data` holds `height` rows of Y
     then `height / 2` rows of interleaved U and V, `width` bytes each (width * height * 1.5)."""
 
     data: npt.NDArray[np.uint8]

@@ -3,17 +3,19 @@
 The Windows media library reports `Normal`, `HeavilyLoaded` ("avoid starting new bot calls on the
 machine") and `Overloaded` ("new calls may be rejected"), raises `MediaPlatformHealthChanged` when
 that changes, and makes `CreateMediaConfiguration` throw an "overloaded" `SkypeMediaException`
-(graph-comms.md section 4.2). It does not say how it decides, so we decide from three inputs:
+(MediaPlatformHealthStatus in https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html).
+It does not say how it decides, so we decide from three inputs:
 
 - CPU share of the machine used by this process, over a sliding window. Community advice for
-  media bots is to stay below 70% CPU (graph-comms.md section 4.11).
+  media bots is to stay below 70% CPU
+  (https://github.com/microsoftgraph/microsoft-graph-comms-samples/issues/653).
 - Media loop lag: how late a periodic timer on the media asyncio loop fires. In CPython the GIL
   can be saturated while the machine is mostly idle (four cores, one busy interpreter: 25%), so
   CPU share alone misses the overload that hurts us most; a late loop means late RTP.
 - Optionally, the share of hot-loop ticks that ran more than one tick late (HotLoopStats).
 
 `HealthMonitor` is pure (every call takes `now`), `LoopLagProbe` is one timer on the media loop,
-and `PlatformHealth` ties them to a Clock and a CPU-time source (DESIGN.md section 3).
+and `PlatformHealth` ties them to a Clock and a CPU-time source.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ LAG_PROBE_INTERVAL_SECONDS = 0.25
 
 
 class HealthStatus(enum.StrEnum):
-    """Values spelled as Graph spells MediaPlatformHealthStatus in JSON (graph-comms.md 4.2)."""
+    """Values spelled as Graph spells MediaPlatformHealthStatus in JSON
+    (MediaPlatformHealthStatus in https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html)."""
 
     NORMAL = "normal"
     HEAVILY_LOADED = "heavilyLoaded"
@@ -55,7 +58,7 @@ class HealthError(Exception):
 
 class PlatformOverloadedError(HealthError):
     """The platform is overloaded and refuses new sessions, like the Windows library's
-    CreateMediaConfiguration throwing SkypeMediaException "overloaded" (graph-comms.md 4.2).
+    CreateMediaConfiguration throwing SkypeMediaException "overloaded".
 
     A caller with its own exception root can subclass both, aiohttp style
     (`class MediaPlatformOverloadedError(MediaPlatformError, PlatformOverloadedError)`), and pass
@@ -69,11 +72,12 @@ class HealthThresholds:
     the status is the worst level any input reaches.
 
     - CPU share (0..1 of the cores this process may run on): heavily loaded at 0.70, the
-      community's "keep CPU below 70%" for media bots (graph-comms.md 4.11), because encode and
-      decode run in software and a busy machine turns into late audio before it shows as 100%.
+      community's "keep CPU below 70%" for media bots (microsoft-graph-comms-samples issue 653),
+      because encode and decode run in software and a busy machine turns into late audio before
+      it shows as 100%.
       Overloaded at 0.90: little headroom is left for a burst (a call joining, a GC pause).
-    - Media loop lag, p95 over the window: heavily loaded at 20 ms, one audio frame
-      (graph-comms.md 4.8), when packets start to leave a frame late; overloaded at 60 ms, three
+    - Media loop lag, p95 over the window: heavily loaded at 20 ms, one audio frame, when
+      packets start to leave a frame late; overloaded at 60 ms, three
       frames, close to the jitter buffer's 80 ms longest wait (media/jitter.py), beyond which the
       far end and we conceal rather than play.
     - Hot-loop late-tick share (optional input): a late tick is a whole 20 ms tick missed and
@@ -123,7 +127,7 @@ class HealthThresholds:
 
 @dataclass(frozen=True, slots=True)
 class HealthChange:
-    """MediaPlatformHealthChanged (graph-comms.md 4.2): a plain message, safe to hand to another
+    """MediaPlatformHealthChanged: a plain message, safe to hand to another
     thread or process. Figures are over the monitor's window; None means not measured yet."""
 
     previous: HealthStatus
@@ -512,7 +516,7 @@ class PlatformHealth:
 
     def check_can_create_session(self) -> None:
         """Raise `overloaded_error` when overloaded, as CreateMediaConfiguration throws
-        "overloaded" (graph-comms.md 4.2). Heavily loaded still admits: Microsoft only advises
+        "overloaded". Heavily loaded still admits: Microsoft only advises
         against new calls there, and the control side can prefer another instance."""
         snapshot = self.monitor.latest
         if snapshot.status is HealthStatus.OVERLOADED:

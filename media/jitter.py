@@ -3,7 +3,7 @@ takes `now` (seconds).
 
 Packets that arrive in order are released at once, so a clean network adds no delay (aiortc's
 stock buffer adds a fixed 80 ms and releases a frame only when the next one arrives,
-aiortc-internals.md section 1). When a packet is missing, the ones after it are held for a wait
+aiortc/src/aiortc/jitterbuffer.py). When a packet is missing, the ones after it are held for a wait
 that follows the measured interarrival jitter (RFC 3550 section 6.4.1 and A.8): if the missing
 packet shows up in time it is played in order, otherwise its slot is concealed (the decoder's
 PLC) and the held packets follow. The wait grows with jitter and shrinks back as jitter falls.

@@ -1,6 +1,7 @@
 """What our SDP negotiates beyond aiortc's defaults, and the RTP header extension it adds.
 
-aiortc builds offers and answers from module-global tables (aiortc-internals.md sections 3, 6),
+aiortc builds offers and answers from module-global tables (CODECS and HEADER_EXTENSIONS in
+aiortc/src/aiortc/codecs/__init__.py),
 so registration is process-wide and idempotent:
 
 - `telephone-event/48000` (RFC 4733) after Opus, for DTMF both ways. aiortc has no DTMF, and a

@@ -2,10 +2,10 @@
 
 aioice 0.13.0 gathers one host candidate per local address on a kernel-chosen ephemeral port and
 has no port-range option, and aiortc 1.16.0 passes nothing but STUN/TURN through to it
-(shared/reference/aiortc-internals.md section 4). A bot behind a firewall that opens only a port
-range, on a VM whose public address is a 1:1 NAT of its private one, needs both. NetworkConnection
-is an `aioice.Connection` subclass that binds host candidates inside the range and advertises the
-public IP; it also caps aioice's unbounded receive queue (section 5).
+(RTCIceGatherer in aiortc/src/aiortc/rtcicetransport.py). A bot behind a firewall that opens
+only a port range, on a VM whose public address is a 1:1 NAT of its private one, needs both.
+NetworkConnection is an `aioice.Connection` subclass that binds host candidates inside the range
+and advertises the public IP; it also caps aioice's unbounded receive queue.
 
 Two ways to give a peer connection its settings:
 
@@ -54,7 +54,7 @@ class PortRangeExhausted(OSError):
     """Every port of the configured range is in use on one bind address.
 
     Stock aiortc would answer with no candidate at all ("c=IN IP4 0.0.0.0") and never start ICE
-    (aiortc-internals.md section 4 "Range exhaustion"); this fails `setLocalDescription` instead.
+    (when every port of the range is taken); this fails `setLocalDescription` instead.
     """
 
 

@@ -2,7 +2,7 @@
 16 kHz mono with no resampler, loss concealment, and in-band FEC, which av cannot reach.
 
 Why not av: its decoder always outputs 48 kHz (a resampler then costs ~12 us and holds back a
-few samples), it has no per-call FEC flag, and PLC needs a trick (aiortc-internals.md section 3).
+few samples), it has no per-call FEC flag, and PLC needs a trick (a packet of the last TOC byte).
 libopus decodes any Opus stream at 16 kHz mono itself (RFC 6716 section 4: the decoder may run
 at any of its rates and downmixes stereo). ctypes releases the GIL for each call.
 
@@ -60,7 +60,7 @@ def load() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     # Every signature declared: an undeclared 64-bit pointer argument is truncated and crashes
-    # (aiortc-internals.md section 3, the ctl trap).
+    # (opus_decoder_ctl is variadic: ctypes passes an undeclared argument as a C int).
     vp, c_int, i32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int32
     bytes_p, pcm_p = ctypes.c_char_p, ctypes.POINTER(ctypes.c_int16)
     lib.opus_decoder_create.argtypes = [i32, c_int, ctypes.POINTER(c_int)]

@@ -52,7 +52,8 @@ class MediaPlatformOverloadedError(MediaPlatformError, PlatformOverloadedError):
 
 @dataclass(frozen=True, slots=True)
 class MediaPlatformSettings:
-    """Names as users of Microsoft.Skype.Bots.Media know them (graph-comms.md section 4.2)."""
+    """Names as users of Microsoft.Skype.Bots.Media know them
+    (MediaPlatformInstanceSettings in https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html)."""
 
     service_fqdn: str = "localhost"
     certificate_file: str | None = None  # PEM chain for service_fqdn
@@ -61,10 +62,15 @@ class MediaPlatformSettings:
     instance_public_port: int | None = None  # None: the bound internal port
     bind_host: str = "127.0.0.1"
     # Media (UDP): all ICE candidates from this port range, advertising the instance's public
-    # IP behind 1:1 NAT, so one firewall rule covers the bot (graph-comms.md 4.2, 4.10).
+    # IP behind 1:1 NAT, so one firewall rule covers the bot (MediaPortRange and
+    # InstancePublicIPAddress of the Windows library).
     instance_public_ip: str | None = None
     media_port_min: int | None = None
     media_port_max: int | None = None
+    # The only local addresses ICE host candidates are gathered on, loopback allowed (stock
+    # aioice skips 127.0.0.1 and ::1, so a bot and an emulator on one machine without another
+    # interface could not connect); empty: every non-loopback interface.
+    host_addresses: tuple[str, ...] = ()
 
     def network(self) -> NetworkSettings:
         """Raises ValueError naming a bad port range or address."""
@@ -72,6 +78,7 @@ class MediaPlatformSettings:
             port_min=self.media_port_min,
             port_max=self.media_port_max,
             public_ip=self.instance_public_ip,
+            bind_addresses=tuple(self.host_addresses) or None,
         )
 
 
@@ -105,7 +112,7 @@ class MediaPlatform:
         self.hot_loop = HotLoop(
             self.clock, sink=on_pipeline_events or (lambda events: None), vad=vad
         )
-        # MediaPlatformHealthChanged (graph-comms.md 4.2): sampled on the media loop.
+        # MediaPlatformHealthChanged: sampled on the media loop.
         self.health = PlatformHealth(
             self.clock,
             on_change=on_health,

@@ -1,6 +1,6 @@
 """Bounded single-producer/single-consumer rings between threads.
 
-Every queue between threads is bounded with a stated drop policy (DESIGN.md section 3). Audio
+Every queue between threads is bounded with a stated drop policy. Audio
 drops the oldest item and counts it, so a stalled consumer costs freshness, never memory.
 """
 

@@ -1,4 +1,5 @@
-"""Our audio RTP send loop on a parked aiortc sender (aiortc-internals.md section 2).
+"""Our audio RTP send loop on a parked aiortc sender (instead of RTCRtpSender._run_rtp in
+aiortc/src/aiortc/rtcrtpsender.py).
 
 aiortc's sender keeps its sequence number and timestamp in locals of its own loop, sends every
 packet with the M bit, cannot set CSRCs and has no DTMF. DTMF must share the audio stream's
@@ -241,7 +242,7 @@ class AudioSender:
         self._seq = (self._seq + 1) & 0xFFFF
         await sender.transport._send_rtp(packet.serialize(self._map))
         self.stats.packets += 1
-        # aiortc's sender reports read these (name-mangled) counters (aiortc-internals.md 2).
+        # aiortc's sender reports read these (name-mangled) counters (RTCRtpSender._run_rtcp).
         counters: dict[str, int] = vars(sender)
         counters["_RTCRtpSender__ntp_timestamp"] = rtp_clock.current_ntp_time()
         counters["_RTCRtpSender__rtp_timestamp"] = timestamp

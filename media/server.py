@@ -1,4 +1,5 @@
-"""The TLS WebSocket media-control endpoint the media processor connects to (DESIGN.md section 4).
+"""The TLS WebSocket media-control endpoint the media processor connects to
+(docs/media-protocol.md).
 
 Runs on the media loop. Authenticates before anything else, answers one offer per session, and
 answers every malformed or unknown message with an error message (counted), never a crash.

@@ -65,7 +65,7 @@ def _stack_version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class MediaEvent:
-    """A plain message from the media side to the control side (DESIGN.md section 3).
+    """A plain message from the media side to the control side.
 
     kind: "connected", "failed", "closed" (the session), or a socket event's name ("tone",
     "dominantSpeaker", "audioSendStatus", "videoReceiveStatus", "videoSource",
@@ -163,7 +163,7 @@ class LocalMediaSession:
         return self.options.receive_unmixed_meeting_audio
 
     def blob(self, call_id: str | None = None) -> str:
-        """The appHostedMediaConfig blob (DESIGN.md section 4, docs/media-protocol.md)."""
+        """The appHostedMediaConfig blob (docs/media-protocol.md)."""
         source_context, render_context = self._audio_contexts
         return json.dumps(
             {
@@ -428,7 +428,8 @@ class LocalMediaSession:
         self._set_state("closed", reason)
 
     def quality(self) -> list[dict[str, int]]:
-        """Per received audio stream: jitter, loss, concealment (graph-comms.md 4.4 QoE)."""
+        """Per received audio stream: jitter, loss, concealment (like the Windows
+        library's GetQualityOfExperienceData)."""
         out = []
         for i, r in enumerate(self._receivers):
             out.append(

@@ -2,8 +2,10 @@
 
 The media processor puts each of the (at most four) loudest speakers on a stream of its own,
 tagged with the speaker's MSI (docs/media-protocol.md, Audio). The Windows library hands the bot
-one AudioMediaBuffer per 20 ms whose UnmixedAudioBuffers hold those speakers (graph-comms.md
-4.4); this assembler does the same from streams that each arrive at their own moment.
+one AudioMediaBuffer per 20 ms whose UnmixedAudioBuffers hold those speakers
+(AudioMediaBuffer in the media library reference,
+https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html); this
+assembler does the same from streams that each arrive at their own moment.
 
 A frame goes out as soon as every stream that is currently live has delivered its next buffer,
 or when the oldest waiting buffer has waited HOLD_SECONDS (a stream that just went quiet must

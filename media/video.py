@@ -1,10 +1,11 @@
-"""Video sockets (graph-comms.md 4.5): receive NV12 from subscribed participants, send NV12.
+"""Video sockets (like IVideoSocket of the Windows library): receive NV12 from subscribed
+participants, send NV12.
 
 Video keeps aiortc's own receive path (its jitter buffer, NACK, PLI and a decoder thread fit
-video; the audio-only complaints of aiortc-internals.md section 1 do not apply) with two
+video; the audio-only complaints of media/engine.py do not apply) with two
 additions: a hook that notes the CSRC (the shown participant's MSI, docs/media-protocol.md) and
 a reader task per socket that converts decoded frames to NV12 on the codec executor and keeps
-only the latest (video's drop policy: latest frame wins, DESIGN.md section 3). Sending hands
+only the latest (video's drop policy: latest frame wins). Sending hands
 aiortc an av.VideoFrame; aiortc encodes (VP8 or H.264) off the loop, in its executor.
 """
 
@@ -37,7 +38,9 @@ from media.ring import Ring
 
 logger = logging.getLogger(__name__)
 
-MAX_VIDEO_SOCKETS = 10  # MaxNumberOfVideoSocketsPerCall (graph-comms.md 4.2), plus one VBSS
+# MaxNumberOfVideoSocketsPerCall (MediaPlatform in https://microsoftgraph.github.io/microsoft-graph-comms-samples/docs/bot_media/index.html),
+# plus one VBSS
+MAX_VIDEO_SOCKETS = 10
 RESOLUTIONS: dict[str, tuple[int, int]] = {
     "hd1080p": (1920, 1080),
     "hd720p": (1280, 720),

@@ -1,4 +1,5 @@
-"""Tripwire: the aiortc internals media/ and emulator/ rely on (aiortc-internals.md).
+"""Tripwire: the aiortc internals media/ and emulator/ rely on (aiortc/src/aiortc/
+rtcrtpreceiver.py, rtcrtpsender.py, codecs/__init__.py; aioice/src/aioice/ice.py).
 
 pyproject pins aiortc to 1.16.*; if an upgrade changes any of these, this fails loudly, before
 a call silently loses its audio.

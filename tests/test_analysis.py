@@ -77,3 +77,21 @@ def test_frame_delays_finds_a_known_per_frame_delay_either_side_of_the_frame_gri
         expected = 0.030 - (0.02 if shift > 0 else 0.0)  # the last sample came one frame later
         assert len(delays) >= 140
         assert abs(float(np.median(delays)) - expected) < 1e-6, shift
+
+
+def test_talkspurts_are_placed_each_at_their_own_time() -> None:
+    """Unmixed audio sends a speaker only while they talk, and the bot echoes what it got from
+    everyone: both recordings pause, at different times. Each spurt must land at its own time
+    (one offset for a whole recording put the heard audio before the sent: ValueError)."""
+    said, other = VoiceLikeSignal(11), VoiceLikeSignal(99)
+    frames = [said.next_frame() for _ in range(300)]
+    sent, heard = Recording(), Recording()
+    for i in range(-40, -10):  # someone else talks first; the bot echoes them
+        heard.add(10.0 + (i + 7) * 0.02, other.next_frame())
+    for a, b in [(0, 40), (100, 160), (220, 300)]:
+        for i in range(a, b):
+            sent.add(10.0 + i * 0.02, frames[i])
+            heard.add(10.0 + (i + 7) * 0.02 + 0.003 * np.sin(i), frames[i])
+    report = echo_report(sent, heard)
+    assert abs(report.delay_ms - 140.0) <= 1.0
+    assert report.correlation > 0.9

@@ -168,7 +168,8 @@ async def test_p2p_and_group_calls(rig: Rig) -> None:
     assert [len(b["targets"]) for b in bodies] == [1, 2]
     assert bodies[1]["subject"] == "stand-up"
     assert {p2p.state, group.state} == {"established"}
-    # Every request names itself and its scenario, as the .NET SDK's do (graph-comms.md 2.3).
+    # Every request names itself and its scenario, as the .NET SDK's do (Client-Request-Id,
+    # Scenario-Id).
     for recorded in rig.emulator.requests:
         assert recorded.headers.get("Client-Request-Id")
         assert recorded.headers.get("Scenario-Id")

@@ -17,9 +17,11 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 
@@ -28,11 +30,13 @@ from bot.call import Call
 from bot.devcerts import DevCerts
 from bot.participants import RosterUpdate
 from emulator import Emulator
+from emulator.browsermedia import BotVideo
 from emulator.participant import Meeting, ParticipantScript
+from emulator.server import AppRegistration
 from media.frames import AudioFrame, VideoFrame
 from media.session import MediaSessionOptions
 from media.video import VideoSocket, VideoSocketSettings
-from tests.conftest import TENANT_ID, emulator_config, settings_for
+from tests.conftest import APP_ID, APP_SECRET, TENANT_ID, emulator_config, settings_for
 from tests.leaks import back_to_baseline, snapshot
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,7 +50,7 @@ needs_chromium = pytest.mark.skipif(bool(MISSING), reason=MISSING)
 
 logger = logging.getLogger(__name__)
 
-# verified-facts.md, "Chromium for browser tests": fake devices, no permission prompt, nothing
+# Chromium's fake devices, no permission prompt, nothing
 # fetched from the network. launch() gives every run a fresh temporary profile.
 CHROMIUM_ARGS = [
     "--headless",
@@ -60,7 +64,9 @@ CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream",
 ]
 NAME = "Pat Browser"
+SECOND = "Sam Second"
 QUIET = "Quinn Quiet"
+BOT_NAME = "Echo Bot"  # the app registration's display name: what Graph names the bot
 TONE_HZ = 440.0
 TONE_AMPLITUDE = 8000  # int16: an RMS of 0.17 full scale
 HEARD_RMS = 1000.0  # int16 RMS of a frame that carries the browser's beep (up to ~14000)
@@ -140,7 +146,8 @@ class Rig:
 
 @pytest.fixture
 async def rig(certs: DevCerts) -> AsyncIterator[Rig]:
-    emulator = Emulator(emulator_config(certs, meetings=[browser_meeting()]))
+    app = AppRegistration(APP_ID, APP_SECRET, TENANT_ID, display_name=BOT_NAME)
+    emulator = Emulator(emulator_config(certs, apps={APP_ID: app}, meetings=[browser_meeting()]))
     await emulator.start()
     listen = ToneAndListen()
     bot = Bot(settings_for(emulator, certs), processors=lambda ctx: [listen])
@@ -192,6 +199,23 @@ async def join(page: Page, name: str) -> None:
     await page.click("#join")
 
 
+async def join_with_video(rig: Rig) -> tuple[Call, VideoSocket]:
+    """The bot joins the meeting with one sendrecv video socket (it echoes what it receives)."""
+    meeting = rig.emulator.config.meetings[0]
+    call = await rig.bot.join(
+        rig.emulator.join_url(meeting),
+        delta_roster=True,  # each join and leave arrives as the changed entry alone
+        media_options=MediaSessionOptions(video_sockets=(VideoSocketSettings("sendrecv"),)),
+    )
+    await call.wait_for("established", TIMEOUT)
+    session = rig.bot.media_session(call)
+    assert session is not None
+    socket = session.video_sockets[0]
+    if socket.receive_status != "active":
+        await rig.bot.wait_media_event(lambda e: socket.receive_status == "active", TIMEOUT)
+    return call, socket
+
+
 ROSTER_SHOWS_SPEAKERS = """([name, quiet]) => {
     const items = [...document.querySelectorAll("#roster li")];
     const you = items.find((li) => li.dataset.kind === "you");
@@ -205,20 +229,11 @@ ROSTER_SHOWS_SPEAKERS = """([name, quiet]) => {
 
 @needs_chromium
 async def test_a_person_joins_from_chromium_and_meets_the_bot(rig: Rig) -> None:
-    emulator, bot, listen = rig.emulator, rig.bot, rig.listen
+    emulator, listen = rig.emulator, rig.listen
     meeting = emulator.config.meetings[0]
-    sockets = (VideoSocketSettings("sendrecv"),)
-    # Delta roster: each join and leave arrives as the changed entry alone.
-    call = await bot.join(
-        emulator.join_url(meeting),
-        delta_roster=True,
-        media_options=MediaSessionOptions(video_sockets=sockets),
-    )
-    await call.wait_for("established", TIMEOUT)
-    emulated = emulator.calls[call.id]
-    link = emulated.link
-    session = bot.media_session(call)
-    assert link is not None and session is not None
+    call, socket = await join_with_video(rig)
+    link = emulator.calls[call.id].link
+    assert link is not None
     roster = RosterWatch(call, NAME)
 
     page = await open_page(rig, meeting)
@@ -243,9 +258,6 @@ async def test_a_person_joins_from_chromium_and_meets_the_bot(rig: Rig) -> None:
     await asyncio.wait_for(listen.enough.wait(), TIMEOUT)
 
     # (b) The bot sees the browser's camera on the socket it subscribed to the person's video.
-    socket = session.video_sockets[0]
-    if socket.receive_status != "active":
-        await bot.wait_media_event(lambda e: socket.receive_status == "active", TIMEOUT)
     received: list[VideoFrame] = []
     echo = asyncio.create_task(echo_video(socket, video_msi, received))
     try:
@@ -352,3 +364,170 @@ async def test_the_socket_takes_a_join_from_the_page_origin_only(
                 assert reply["type"] == "error" and error in reply["message"], reply
                 assert (await ws.receive(timeout=TIMEOUT)).type == aiohttp.WSMsgType.CLOSE
     assert emulator.browsers.sessions == {}
+
+
+# The bot tile as the person sees it: the video element drawn onto a canvas, its luma (Rec. 601
+# weights) mean and spread. A black tile, or one with no frame yet, is mean ~0 and spread ~0;
+# Chromium's fake camera, which the bot echoes, is a green test card with a moving pie.
+TILE_PIXELS = """() => {
+    const video = document.getElementById("bot-video");
+    const out = {width: video.videoWidth, height: video.videoHeight, mean: 0, spread: 0,
+        played: video.getVideoPlaybackQuality().totalVideoFrames};
+    if (!video.videoWidth) return out;
+    const canvas = document.createElement("canvas");
+    canvas.width = 64;
+    canvas.height = 36;
+    const context = canvas.getContext("2d", {willReadFrequently: true});
+    context.drawImage(video, 0, 0, canvas.width, canvas.height);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let sum = 0, squares = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
+        sum += y;
+        squares += y * y;
+    }
+    const n = data.length / 4;
+    out.mean = sum / n;
+    out.spread = Math.sqrt(Math.max(0, squares / n - out.mean * out.mean));
+    return out;
+}"""
+TILE_MEAN = 40.0  # the echoed test card is ~90 (green), a black frame ~0
+TILE_SPREAD = 8.0  # the pie and the corner marks on it: ~15-35
+ROSTER_ITEMS = """() => [...document.querySelectorAll("#roster li")].map((li) => ({
+    kind: li.dataset.kind, text: li.textContent,
+    msi: li.querySelector(".msi")?.textContent ?? null}))"""
+
+
+async def tile_shows_video(page: Page) -> dict[str, float]:
+    """Wait until the bot tile shows a picture, not black; returns what it measured."""
+    await page.wait_for_function(
+        f"""() => {{ const t = ({TILE_PIXELS})();
+            return window.joinState.botVideoPlaying && t.mean > {TILE_MEAN}
+                && t.spread > {TILE_SPREAD}; }}""",
+        timeout=PAGE_TIMEOUT_MS,
+        polling=200,
+    )
+    measured: dict[str, float] = await page.evaluate(TILE_PIXELS)
+    return measured
+
+
+@needs_chromium
+async def test_two_people_see_the_bot_by_name_and_a_leave_updates_every_roster(rig: Rig) -> None:
+    emulator = rig.emulator
+    meeting = emulator.config.meetings[0]
+    call, socket = await join_with_video(rig)
+    first, second = RosterWatch(call, NAME), RosterWatch(call, SECOND)
+    page, other = await open_page(rig, meeting), await open_page(rig, meeting)
+    await join(page, NAME)
+    await join(other, SECOND)
+    await asyncio.wait_for(first.present.wait(), TIMEOUT)
+    await asyncio.wait_for(second.present.wait(), TIMEOUT)
+    person = next(p for p in call.participants.values() if p.display_name == NAME)
+    (audio_msi,), (video_msi,) = person.msis("audio"), person.msis("video")
+
+    # The bot as Graph names it in the bot's own roster: the app registration's display name.
+    me = call.participants[call.resource["myParticipantId"]]
+    assert me.display_name == BOT_NAME, me.identity
+
+    received: list[VideoFrame] = []
+    echo = asyncio.create_task(echo_video(socket, video_msi, received))
+    try:
+        socket.subscribe(video_msi, "sd360p")
+        # Both pages see the bot's video (the first person's camera, echoed): a picture.
+        tiles = [await tile_shows_video(p) for p in (page, other)]
+    finally:
+        echo.cancel()
+        await asyncio.gather(echo, return_exceptions=True)
+    for tile in tiles:
+        assert (tile["width"], tile["height"]) == (640, 360), tile
+
+    for p in (page, other):
+        # The bot by its name, in the roster and under its tile.
+        items = await p.evaluate(ROSTER_ITEMS)
+        bots = [i for i in items if i["kind"] == "bot"]
+        assert len(bots) == 1 and bots[0]["text"].startswith(f"{BOT_NAME} (bot"), items
+        assert await p.text_content("#bot-name") == BOT_NAME
+        assert (await p.evaluate("window.joinState.videoFrom")) == me.id
+        # MSIs in decimal, the same numbers as the mediaStreams of the bot's Graph roster.
+        shown = next(i for i in items if i["text"].startswith(NAME))
+        assert shown["msi"] == f"MSI audio {audio_msi}, video {video_msi}", items
+        assert not any("0x" in i["text"].lower() for i in items), items
+    state = await other.evaluate("window.joinState")
+    entry = next(e for e in state["roster"] if e["id"] == person.id)
+    assert entry["streams"] == [
+        {"mediaType": "audio", "sourceId": str(audio_msi)},
+        {"mediaType": "video", "sourceId": str(video_msi)},
+    ]
+
+    # Leave: the bot's Graph roster loses the person (a roster notification) ...
+    await page.click("#leave")
+    await asyncio.wait_for(first.gone.wait(), TIMEOUT)
+    assert second.present.is_set() and not second.gone.is_set()
+    # ... the page still in the meeting drops them from its roster ...
+    await other.wait_for_function(
+        """([gone, name]) => {
+            const items = [...document.querySelectorAll("#roster li")];
+            return items.some((li) => li.dataset.kind === "you" && li.textContent.startsWith(name))
+                && !items.some((li) => li.textContent.startsWith(gone));
+        }""",
+        arg=[NAME, SECOND],
+        timeout=PAGE_TIMEOUT_MS,
+        polling=100,
+    )
+    # ... and the leaver's page says it left and shows no roster: the emulator's "left" comes
+    # after every state push, so nothing it sent later can bring the old roster back.
+    await page.wait_for_function(
+        "() => window.joinState.leftReason === 'left'", timeout=PAGE_TIMEOUT_MS
+    )
+    left = await page.evaluate("window.joinState")
+    assert left["phase"] == "left" and left["roster"] == [], left
+    assert await page.evaluate(ROSTER_ITEMS) == []
+    assert (await page.text_content("#status") or "").startswith("Left the meeting")
+    assert not left["botVideoPlaying"]
+    logger.info("bot tiles %s; %d camera frames echoed", tiles, len(received))
+    await call.hang_up()
+    await call.wait_for("terminated", TIMEOUT)
+
+
+def bot_frame(pts: int, luma: int) -> av.VideoFrame:
+    """A decoded frame as the emulator's link hands it to the taps: yuv420p, the bot's pts."""
+    frame = av.VideoFrame.from_ndarray(np.full((36 * 3 // 2, 64), luma, np.uint8), "yuv420p")
+    frame.pts, frame.time_base = pts, Fraction(1, 90_000)
+    return frame
+
+
+async def test_the_page_gets_its_own_copy_of_each_bot_frame_on_its_own_rising_clock() -> None:
+    now = [100.0]
+    video = BotVideo(clock=lambda: now[0])
+    try:
+        shared = bot_frame(900_000, 200)
+        video.put("bot-a", shared)
+        out = await asyncio.wait_for(video.recv(), TIMEOUT)
+        # A copy: what aiortc's encoder does to the frame it encodes (PyAV rebases its pts and
+        # time base, a key frame request sets pict_type) leaves the link's frame alone.
+        assert out is not shared and np.array_equal(out.to_ndarray(), shared.to_ndarray())
+        assert (out.pts, out.time_base) == (0, Fraction(1, 90_000))
+        out.pts, out.time_base = 10_000_000, Fraction(1, 1_000_000)
+        assert (shared.pts, shared.time_base) == (900_000, Fraction(1, 90_000))
+
+        now[0] += 0.040
+        video.put("bot-a", bot_frame(903_600, 200))
+        assert (await asyncio.wait_for(video.recv(), TIMEOUT)).pts == 3_600
+        # Another bot's frame while the first is on screen is not shown.
+        now[0] += 0.040
+        video.put("bot-b", bot_frame(0, 50))
+        video.put("bot-a", bot_frame(907_200, 200))
+        assert (await asyncio.wait_for(video.recv(), TIMEOUT)).pts == 7_200
+        # After a pause the other bot takes over. Its pts start again at 0 (aiortc's receiver
+        # counts them from 0 for each stream); the page's go on from the arrival times.
+        now[0] += 1.5
+        video.put("bot-b", bot_frame(0, 50))
+        taken = await asyncio.wait_for(video.recv(), TIMEOUT)
+        assert video.owner == "bot-b" and taken.pts == round(1.58 * 90_000)
+        assert int(taken.to_ndarray()[0, 0]) == 50
+        # Two frames within one clock tick still get rising pts.
+        video.put("bot-b", bot_frame(3_000, 50))
+        assert (await asyncio.wait_for(video.recv(), TIMEOUT)).pts == taken.pts + 1
+        assert video.frames == 5
+    finally:
+        video.stop()

@@ -119,7 +119,9 @@ def unmixed_frame(i: int, msis: tuple[int, ...]) -> AudioFrame:
     buffers = tuple(
         UnmixedAudioBuffer(msi, marked(msi, i), SENDER + i * FRAME_TICKS) for msi in msis
     )
-    pcm = sum((b.pcm for b in buffers), np.zeros(N, np.int16)).astype(np.int16)
+    # As media/unmixed.py builds it: an int32 sum, saturated (an int16 sum would wrap).
+    total = np.sum([b.pcm.astype(np.int32) for b in buffers], axis=0)
+    pcm = np.clip(total, -32768, 32767).astype(np.int16)
     return received(pcm, i, unmixed=buffers, active_speakers=msis)
 
 

@@ -514,9 +514,9 @@ async def test_forged_tokens_are_refused_without_hammering_the_key_endpoint(
 async def test_throttled_graph_requests_are_retried_after_retry_after(
     rig: Rig, status: int
 ) -> None:
-    """Graph answers the join and then the hang-up with 429/503 and Retry-After (graph-comms.md
-    1.9): the bot waits what it is told, retries with the same client-request-id, and the call
-    joins and ends as if nothing happened."""
+    """Graph answers the join and then the hang-up with 429/503 and Retry-After
+    (https://learn.microsoft.com/en-us/graph/throttling): the bot waits what it is told, retries
+    with the same client-request-id, and the call joins and ends as if nothing happened."""
     baseline = await rig.warm_up()
     rule = {"status": status, "retryAfterSeconds": 1, "count": 1, "pathPrefix": "/v1.0/"}
     status_code, _ = await rig.admin_send("POST", "/faults", rule)

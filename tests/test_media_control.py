@@ -1,4 +1,5 @@
-"""The media-control endpoint: bad input gets an error message, never a crash (DESIGN.md 4)."""
+"""The media-control endpoint (docs/media-protocol.md): bad input gets an error message, never a
+crash."""
 
 from __future__ import annotations
 

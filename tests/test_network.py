@@ -1,7 +1,7 @@
 """media/network.py: ICE host candidates from a port range, 1:1 NAT advertisement, queue cap.
 
 Real aiortc peer connections on this host's own addresses, always with iceServers=[] (no STUN
-lookups, no network access). See shared/reference/aiortc-internals.md sections 4 and 5.
+lookups, no network access). See media/network.py for why.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from aiortc import (
     rtcicetransport,
 )
 
+from emulator.mediaprocessor import _restrict_host_candidates
 from media.network import (
     NetworkConnection,
     NetworkSettings,
@@ -40,6 +41,7 @@ from media.network import (
     uninstall,
     use_network_settings,
 )
+from media.platform import MediaPlatformSettings
 
 PUBLIC_IP = "203.0.113.7"  # TEST-NET-3 (RFC 5737): stands in for an unreachable public address
 RANGE_SIZE = 10
@@ -393,3 +395,63 @@ async def test_apply_needs_transports_and_must_precede_gathering() -> None:
             apply(pc, NetworkSettings())
     finally:
         await pc.close()
+
+
+async def test_host_addresses_gather_only_those_loopback_included() -> None:
+    """MediaPlatformSettings.host_addresses (BOT_MEDIA_HOST_ADDRESSES) and the emulator's
+    --media-host: host candidates on exactly the given addresses, 127.0.0.1 included, which
+    stock aioice never offers (get_host_addresses skips it)."""
+    assert "127.0.0.1" not in get_host_addresses(use_ipv4=True, use_ipv6=True)
+    assert MediaPlatformSettings().network().bind_addresses is None  # empty: stock discovery
+    address = host_ipv4()
+    bot_side, both, emulator_side = new_pc(), new_pc(), new_pc()
+    try:
+        bot_side.addTransceiver("audio")
+        apply(bot_side, MediaPlatformSettings(host_addresses=("127.0.0.1",)).network())
+        assert [(ip, kind) for ip, _, kind in candidates_in_sdp(await local_offer(bot_side))] == [
+            ("127.0.0.1", "host")
+        ]
+
+        both.addTransceiver("audio")
+        apply(both, MediaPlatformSettings(host_addresses=("127.0.0.1", address)).network())
+        assert sorted(ip for ip, _, _ in candidates_in_sdp(await local_offer(both))) == sorted(
+            ["127.0.0.1", address]
+        )
+
+        emulator_side.addTransceiver("audio")
+        _restrict_host_candidates(emulator_side, ("127.0.0.1",))
+        assert [
+            (ip, kind) for ip, _, kind in candidates_in_sdp(await local_offer(emulator_side))
+        ] == [("127.0.0.1", "host")]
+    finally:
+        for pc in (bot_side, both, emulator_side):
+            await pc.close()
+
+
+async def test_both_ends_on_loopback_connect_over_loopback() -> None:
+    """The emulator's media processor (offerer) and the bot (answerer), both limited to
+    127.0.0.1: ICE connects and the nominated pair is loopback on both ends."""
+    offerer, answerer = new_pc(), new_pc()
+    track = AudioStreamTrack()
+    try:
+        offerer.addTrack(track)
+        _restrict_host_candidates(offerer, ("127.0.0.1",))
+        connected = asyncio.gather(when_connected(offerer), when_connected(answerer))
+        await answerer.setRemoteDescription(
+            RTCSessionDescription(sdp=await local_offer(offerer), type="offer")
+        )
+        apply(answerer, MediaPlatformSettings(host_addresses=("127.0.0.1",)).network())
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        assert answerer.localDescription is not None
+        await offerer.setRemoteDescription(answerer.localDescription)
+        async with asyncio.timeout(TIMEOUT_S):
+            await connected
+        for pc in (offerer, answerer):
+            [connection] = ice_connections(pc)
+            pair = connection._nominated[1]
+            assert pair.local_candidate.host == "127.0.0.1"
+            assert pair.remote_addr[0] == "127.0.0.1"
+    finally:
+        track.stop()
+        await offerer.close()
+        await answerer.close()

@@ -1,4 +1,5 @@
-"""Recording follows Graph's recording status (call-updaterecordingstatus.md): nothing is
+"""Recording follows Graph's recording status
+(https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus): nothing is
 persisted before `recording` was acknowledged, the status goes to `notRecording` before the bot
 hangs up, and to `failed` when a recorder breaks. Bot and emulator for real, audio flowing."""
 

@@ -109,11 +109,11 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"BOT_WEBHOOK_PORT": "nine"}, "webhook_port must be an integer"),
-        ({"BOT_WEBHOOK_PORT": "70000"}, "webhook_port must be a port number"),
-        ({"BOT_GRAPH_URL": "http://graph"}, "graph_url must be an https URL"),
-        ({"BOT_CERT_FILE": "/x.pem"}, "cert_file and key_file go together"),
-        ({"BOT_APP_ID": ""}, "app_id must not be empty"),
+        ({"BOT_WEBHOOK_PORT": "nine"}, "BOT_WEBHOOK_PORT='nine': must be a whole number"),
+        ({"BOT_WEBHOOK_PORT": "70000"}, "BOT_WEBHOOK_PORT='70000': must be less than or equal"),
+        ({"BOT_GRAPH_URL": "http://graph"}, "BOT_GRAPH_URL='http://graph': must be an https"),
+        ({"BOT_CERT_FILE": "/x.pem"}, "BOT_CERT_FILE='/x.pem': no such file"),
+        ({"BOT_APP_ID": ""}, "BOT_APP_ID='': must not be empty"),
     ],
 )
 def test_wrong_settings_fail_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -124,5 +124,5 @@ def test_wrong_settings_fail_with_a_clear_message(env: dict[str, str], message: 
 def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
     toml = tmp_path / "bot.toml"
     toml.write_text("app_idd = 1\n")
-    with pytest.raises(SettingsError, match="unknown settings: app_idd"):
+    with pytest.raises(SettingsError, match="app_idd is not a setting; did you mean app_id"):
         Settings.load({}, str(toml))

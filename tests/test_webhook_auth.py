@@ -1,4 +1,5 @@
-"""Forged notifications get 401 and change nothing (graph-comms.md 2.2, reliability.md 1.1)."""
+"""Forged notifications get 401 and change nothing
+(https://learn.microsoft.com/en-us/microsoftteams/platform/bots/calls-and-meetings/call-notifications)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stock per-frame baselines measured in the same run (perf-baseline.md section 1, audio):
+"""Stock per-frame baselines measured in the same run:
 raw webrtcvad and raw numpy mixing, timeit-style.
 
 Calls are grouped in batches of at least 50 us; the figure is the median over batches of the
@@ -56,7 +56,7 @@ def raw_vad_us(frames: list[bytes], calls: int) -> float:
 
 
 def raw_mix_us(stack: np.ndarray, calls: int) -> float:
-    """(N, 320) int16 -> int32 sum -> clip -> int16 (perf-baseline.md's "mix N" rows)."""
+    """(N, 320) int16 -> int32 sum -> clip -> int16, a raw "mix N"."""
 
     def batch(n: int) -> None:
         for _ in range(n):

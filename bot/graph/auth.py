@@ -1,4 +1,6 @@
-"""Outbound auth: MSAL client-credentials tokens for Graph (graph-comms.md section 2.1)."""
+"""Outbound auth: MSAL client-credentials tokens for Graph (the OAuth 2.0 client credentials
+flow, https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow).
+"""
 
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ class TokenProvider:
             if self._app is None:
                 http = _TimeoutSession()
                 if self._ca_file:
-                    # REQUESTS_CA_BUNDLE would override `verify` (verified-facts.md): a local
+                    # requests lets REQUESTS_CA_BUNDLE override a session's `verify`: a local
                     # authority needs a session that ignores the environment.
                     http.trust_env = False
                     http.verify = self._ca_file

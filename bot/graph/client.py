@@ -1,4 +1,4 @@
-"""Graph calls API client on aiohttp (graph-comms.md section 1.2)."""
+"""Graph calls API client on aiohttp (https://learn.microsoft.com/en-us/graph/api/resources/call#methods)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Request-body building blocks, in Graph's own shapes (graph-comms.md section 1.2)."""
+"""Request-body building blocks, in Graph's own shapes
+(https://learn.microsoft.com/en-us/graph/api/resources/communications-api-overview)."""
 
 from __future__ import annotations
 

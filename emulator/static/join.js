@@ -18,11 +18,30 @@
     botAudioPackets: 0,
     botVideoFrames: 0, // frames of the bot's video decoded
     botVideoSize: null,
+    botVideoPlaying: false, // the bot tile shows frames (until the bot's video stops)
+    videoFrom: null, // the roster id of the bot whose video the tile shows
     sentAudioPackets: 0,
     sentVideoFrames: 0,
     roster: [],
   };
   window.joinState = state;
+  // What a join starts from: nothing of an earlier join (Leave, then Join again) carries over.
+  const FRESH = {
+    connection: "new",
+    participantId: null,
+    error: null,
+    leftReason: null,
+    botAudioLevel: 0,
+    botAudioPeakLevel: 0,
+    botAudioPackets: 0,
+    botVideoFrames: 0,
+    botVideoSize: null,
+    botVideoPlaying: false,
+    videoFrom: null,
+    sentAudioPackets: 0,
+    sentVideoFrames: 0,
+    roster: [],
+  };
 
   const $ = (id) => document.getElementById(id);
   let pc = null;
@@ -75,8 +94,7 @@
     event.preventDefault();
     if (state.phase === "joining" || state.phase === "joined") return;
     $("join").disabled = true;
-    state.phase = "joining";
-    state.error = null;
+    Object.assign(state, FRESH, { phase: "joining" });
     setStatus("Opening microphone and camera…");
     // Made on the click, so the browser lets it play.
     audioContext = new AudioContext();
@@ -135,9 +153,13 @@
       state.participantId = message.participantId;
       await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
     } else if (message.type === "state") {
+      // A push that crossed our leave is not the meeting any more: the roster stays cleared.
+      if (state.phase === "left" || state.phase === "error") return;
       state.meeting = message.meeting;
       state.roster = message.roster;
+      state.videoFrom = message.videoFrom;
       renderRoster(message.roster);
+      renderBotCaption();
       $("meeting").textContent = message.meeting.subject || message.meeting.threadId;
     } else if (message.type === "left") {
       state.leftReason = message.reason;
@@ -157,7 +179,19 @@
   function onTrack(event) {
     const stream = new MediaStream([event.track]);
     if (event.track.kind === "video") {
-      $("bot-video").srcObject = stream;
+      // The tile says "no video" until a frame plays, and again when the bot's video stops:
+      // a bare video element is as dark before its first frame as a black picture.
+      const video = $("bot-video");
+      video.srcObject = stream;
+      // A playing element fires no "playing" again when frames come back after a mute.
+      event.track.addEventListener("unmute", () => {
+        video
+          .play()
+          .then(() => setBotVideoPlaying(!video.paused && video.videoWidth > 0))
+          .catch(() => {});
+      });
+      event.track.addEventListener("mute", () => setBotVideoPlaying(false));
+      video.play().catch(() => {});
       return;
     }
     // Chromium feeds a remote stream to WebAudio only while a media element plays it too.
@@ -199,6 +233,22 @@
     }
   }
 
+  function setBotVideoPlaying(playing) {
+    state.botVideoPlaying = playing;
+    $("bot-tile").classList.toggle("no-video", !playing);
+  }
+
+  function renderBotCaption() {
+    const bots = state.roster.filter((person) => person.kind === "bot");
+    const shown = bots.find((person) => person.id === state.videoFrom) ?? bots[0];
+    $("bot-name").textContent = shown ? shown.name : "Bot";
+  }
+
+  // MSIs in decimal, as Graph's mediaStream.sourceId and the status page show them.
+  function streamsText(streams) {
+    return (streams ?? []).map((s) => `${s.mediaType} ${s.sourceId}`).join(", ");
+  }
+
   function renderRoster(roster) {
     const items = roster.map((person) => {
       const item = document.createElement("li");
@@ -216,7 +266,14 @@
         const tag = document.createElement("span");
         tag.className = "tag";
         tag.textContent = `(${tags.join(", ")})`;
-        item.append(tag);
+        item.append(" ", tag);
+      }
+      const msis = streamsText(person.streams);
+      if (msis) {
+        const tag = document.createElement("span");
+        tag.className = "msi";
+        tag.textContent = `MSI ${msis}`;
+        item.append(" ", tag);
       }
       return item;
     });
@@ -234,6 +291,14 @@
   }
 
   function teardown() {
+    // Out of the meeting: no roster (nothing updates it any more) and no frozen tiles.
+    state.roster = [];
+    state.videoFrom = null;
+    renderRoster([]);
+    renderBotCaption();
+    $("own-video").srcObject = null;
+    $("bot-video").srcObject = null;
+    setBotVideoPlaying(false);
     for (const timer of timers.splice(0)) clearInterval(timer);
     if (pc) pc.close();
     pc = null;
@@ -250,4 +315,5 @@
     join(event).catch((err) => fail(`Could not join: ${err.message}`));
   });
   $("leave").addEventListener("click", leave);
+  $("bot-video").addEventListener("playing", () => setBotVideoPlaying(true));
 })();

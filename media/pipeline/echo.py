@@ -14,4 +14,5 @@ class EchoProcessor:
 
 
 def echo_factory(context: ProcessorContext) -> EchoProcessor:
+    """Says back what it hears: the participants hear the bot (the demo's round trip)."""
     return EchoProcessor()

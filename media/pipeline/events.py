@@ -1,4 +1,4 @@
-"""Pipeline events for the control path (DESIGN.md section 3: batched per tick).
+"""Pipeline events for the control path, batched per tick.
 
 The hot loop collects what happened during a tick and hands the batch to its sink once. Other
 pipeline threads (the recording writer, the transcription worker) hand over batches of one. A
@@ -64,7 +64,7 @@ class PlayerLow:
 @dataclass(frozen=True, slots=True)
 class RecorderFailed:
     """A recorder stopped writing (disk full, permissions...). The bot sets the call's
-    recording status to `failed` (call-updaterecordingstatus.md)."""
+    recording status to `failed` (https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus)."""
 
     session_id: str
     recorder: str

@@ -1,4 +1,4 @@
-"""Example processors: starting points for your own (DESIGN.md section 5).
+"""Example processors: starting points for your own (docs/processors.md).
 
 - GainProcessor: says back what it hears, louder or softer (PCM arithmetic done right: widen,
   scale, round, saturate, narrow).
@@ -83,6 +83,7 @@ class GainProcessor:
 
 
 def gain_factory(ctx: ProcessorContext) -> GainProcessor:
+    """Says back what it hears, louder or softer by option `gain_db` (default -6)."""
     gain_db = _float_option(ctx, "gain_db", "-6")
     return _checked(ctx, "gain_db", "-6", lambda: GainProcessor(gain_db))
 
@@ -107,6 +108,7 @@ class ToneGenerator:
 
 
 def tone_factory(ctx: ProcessorContext) -> ToneGenerator:
+    """Says a steady sine tone while it hears anything (options `freq_hz`, `amplitude`)."""
     freq_hz = _float_option(ctx, "freq_hz", "440")
     amplitude = _float_option(ctx, "amplitude", "0.2")
     _checked(ctx, "freq_hz", "440", lambda: check_frequency(freq_hz))
@@ -373,7 +375,9 @@ def resolve_callback(path: str) -> SegmentCallback:
 
 
 def transcription_factory(ctx: ProcessorContext) -> TranscriptionHook:
-    """Options: `callback` (dotted path; default: log one line per segment) and
+    """Hands each speech segment's audio to a callback, e.g. a speech-to-text client.
+
+    Options: `callback` (dotted path; default: log one line per segment) and
     `max_segment_seconds` (default 30)."""
     path = ctx.option("callback", "").strip()
     callback = resolve_callback(path) if path else log_segment

@@ -1,4 +1,4 @@
-"""The hot loop: one thread, one tick per 20 ms on a monotonic clock (DESIGN.md section 3).
+"""The hot loop: one thread, one tick per 20 ms on a monotonic clock.
 
 Each tick, for every session: drain the audio receive ring; per frame run the VAD (speech
 segments, dominant speaker), hand new events to the processors that listen, give the frame to

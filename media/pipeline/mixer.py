@@ -1,4 +1,4 @@
-"""Mixing 20 ms PCM16 frames: sum, then saturate (DESIGN.md section 3: hot path, plain numpy).
+"""Mixing 20 ms PCM16 frames: sum, then saturate (hot path, plain numpy).
 
 Sources are summed in a wider type (int32 at unity gain, float32 with per-source gains) and
 only the sum is clipped to the int16 range. Clipping the sum, not each partial sum, is what a

@@ -1,6 +1,6 @@
 """The outgoing player: audio the bot says on its own, paced by the hot loop.
 
-This plays the role of the Windows library's AudioVideoFramePlayer (graph-comms.md 4.7): the
+This plays the role of the Windows library's AudioVideoFramePlayer: the
 control side enqueues whole clips, the player hands out exactly one 20 ms frame per tick, and a
 PlayerLow event (its LowOnFrames) says when the queue runs short so more can be queued without
 a gap. Feeding a player 20 ms at a time from a live source is what made the Windows one choppy

@@ -13,9 +13,13 @@ options as `BOT_PROCESSOR_OPTIONS="recorder.rotate_mb=100;gain.gain_db=-3"`.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
+from typing import TextIO
 
 from media.pipeline.processor import (
     AudioProcessor,
@@ -36,6 +40,59 @@ class ProcessorSpecError(ValueError):
 def available() -> dict[str, str]:
     """Entry-point names in the group and what they point at."""
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def unknown_message(spec: str) -> str:
+    """One line for a name that is no entry point: the closest name ("did you mean"), every
+    valid name, and the dotted-path alternative."""
+    names = sorted(available())
+    close = difflib.get_close_matches(spec, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    valid = ", ".join(names) or "none installed"
+    return (
+        f"processor {spec!r} is not in the {ENTRY_POINT_GROUP} entry points{hint}; "
+        f"valid names: {valid}; or a dotted path, package.module:attribute"
+    )
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, one-line description) for every processor BOT_PROCESSORS accepts by name (the
+    `bot.processors` entry points), by name. The description is the first line of the factory's
+    docstring, else of what it makes (its return annotation, or the class itself); a plug-in
+    that cannot be loaded says so instead of failing the listing."""
+    described = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        try:
+            target = ep.load()
+        except Exception as exc:  # a broken plug-in package: list it, say why
+            described.append((ep.name, f"(cannot be loaded: {exc!r})"))
+            continue
+        described.append((ep.name, _first_line(target) or f"(no description: {ep.value})"))
+    return described
+
+
+def print_processors(out: TextIO | None = None) -> None:
+    """The `python -m bot processors` listing: one line per name with its description."""
+    rows = describe()
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, text in rows:
+        print(f"{name:{width}s}  {text}", file=out or sys.stdout)
+
+
+def _first_line(target: object) -> str:
+    candidates = [target]
+    if not inspect.isclass(target):
+        try:
+            made = inspect.signature(target, eval_str=True).return_annotation  # type: ignore[arg-type]
+        except (TypeError, ValueError, NameError):
+            made = inspect.Signature.empty
+        if inspect.isclass(made):
+            candidates.append(made)
+    for candidate in candidates:
+        doc = inspect.getdoc(candidate)
+        if doc and doc.strip():
+            return doc.strip().splitlines()[0].strip()
+    return ""
 
 
 def import_path(path: str) -> object:
@@ -71,10 +128,7 @@ def load_factory(spec: str) -> ProcessorFactory:
     else:
         matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
         if not matches:
-            names = ", ".join(sorted(available())) or "none installed"
-            raise ProcessorSpecError(
-                f"processor {spec!r} is not in the {ENTRY_POINT_GROUP} entry points ({names})"
-            )
+            raise ProcessorSpecError(unknown_message(spec))
         try:
             target = matches[0].load()
         except Exception as exc:  # a broken plug-in package: say which

@@ -1,4 +1,4 @@
-"""The processor contract: small, typed, sync (DESIGN.md section 5).
+"""The processor contract: small, typed, sync (docs/processors.md).
 
 A processor is any object with a `name` and a `process(frame)` (audio) or `process_video(frame)`
 (video). Two more methods are optional and found by name:
@@ -55,7 +55,8 @@ Processor = AudioProcessor | VideoProcessor
 class Recording(Protocol):
     """A processor that persists media. It stays idle until start(): the bot calls it only
     after Graph acknowledged updateRecordingStatus `recording`, and sets `notRecording` after
-    stop() (call-updaterecordingstatus.md: the status must be set before media is persisted)."""
+    stop() (the status must be set before media is persisted,
+    https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus)."""
 
     name: str
     recording: bool

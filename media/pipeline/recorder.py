@@ -1,6 +1,6 @@
 """Crash-safe recorders: taps that write what the bot hears to WAV (audio) and Y4M (video).
 
-Threads (DESIGN.md section 3):
+Threads:
 
 - Hot loop: `AudioRecorder.process()` and `VideoRecorder.process_video()` push one small tuple
   (audio) or the frame itself (video) into a bounded `Ring` that drops the oldest item and counts
@@ -18,7 +18,8 @@ Threads (DESIGN.md section 3):
 Recording is gated. A recorder is idle until `start()`, and frames that arrive while it is idle
 are ignored. The bot calls `start()` only after Graph acknowledged `updateRecordingStatus` with
 `recording`: the API terms require that status before media is recorded or persisted
-(call-updaterecordingstatus.md). Calling `start()` again after `stop()` opens new files.
+(https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus). Calling `start()`
+again after `stop()` opens new files.
 
 Layout. The factories put a session's files in `<dir>/<session id>/`, where `dir` is the `dir`
 option or else `ctx.out_dir`. The whole session id is used because a prefix of a UUID can clash
@@ -616,7 +617,8 @@ class AudioRecorder(_Recorder[_AudioTake]):
                 with self._lock:
                     stats.files.append(path)
                 stats.bytes += HEADER_BYTES
-                logger.debug("%s(%s) > %s", self.name, self.session_id, path)
+                # Once per file (rotation opens the next): where a recording is, as it starts.
+                logger.info("%s(%s) writing %s", self.name, self.session_id, path)
             before = wav.size
             try:
                 wav.append(pending, len(pending) * FRAME_BYTES)
@@ -865,7 +867,9 @@ def _rotation(ctx: ProcessorContext) -> tuple[int | None, float | None]:
 
 
 def recorder_factory(ctx: ProcessorContext) -> AudioRecorder:
-    """Options: `mixed`, `per_speaker` ("true"/"false", default true), `rotate_mb`,
+    """Records the received audio to WAV, mixed and per speaker, once recording is on.
+
+    Options: `mixed`, `per_speaker` ("true"/"false", default true), `rotate_mb`,
     `rotate_minutes`, `dir`. Raises ValueError naming a bad option and its value."""
     rotate_bytes, rotate_seconds = _rotation(ctx)
     mixed = _bool_option(ctx, "mixed", True)
@@ -884,7 +888,9 @@ def recorder_factory(ctx: ProcessorContext) -> AudioRecorder:
 
 
 def video_recorder_factory(ctx: ProcessorContext) -> VideoRecorder:
-    """Options: `fps` (the Y4M header's rate, default 15), `rotate_mb`, `rotate_minutes`,
+    """Records each received video socket to a Y4M file, once recording is on.
+
+    Options: `fps` (the Y4M header's rate, default 15), `rotate_mb`, `rotate_minutes`,
     `dir`. Raises ValueError naming a bad option and its value."""
     rotate_bytes, rotate_seconds = _rotation(ctx)
     fps_text = ctx.option("fps", str(VIDEO_FPS))

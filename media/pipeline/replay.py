@@ -1,5 +1,5 @@
 """Frames-level fixtures: record what a session's pipeline received, replay it without a call
-(DESIGN.md section 6: "decoded frames with speaker tags: this replays the pipeline").
+(decoded frames with speaker tags: this replays the pipeline).
 
 A fixture is a directory:
 
@@ -416,7 +416,9 @@ class FrameFixtureRecorder:
 
 
 def fixture_recorder_factory(ctx: ProcessorContext) -> FrameFixtureRecorder:
-    """A FrameFixtureRecorder for BOT_PROCESSORS (`media.pipeline.replay:fixture_recorder_factory`)
+    """Saves the frames the pipeline received as a fixture for replay tests.
+
+    A FrameFixtureRecorder for BOT_PROCESSORS (`media.pipeline.replay:fixture_recorder_factory`)
     that saves to `<dir>/<session id>/frames-fixture/` when the session ends. Options:
     `max_seconds` (default 60), `dir`. Raises ValueError naming a bad option and its value."""
     text = ctx.option("max_seconds", str(DEFAULT_MAX_FRAMES * AUDIO_FRAME_MS // 1000))

@@ -239,5 +239,7 @@ class TimelineProcessor:
 
 
 def timeline_factory(ctx: ProcessorContext) -> TimelineProcessor:
-    """Option `dir`: where session directories go (default: the context's out_dir)."""
+    """Writes who spoke when as timeline.json and timeline.png when the session ends.
+
+    Option `dir`: where session directories go (default: the context's out_dir)."""
     return TimelineProcessor(ctx.session_id, ctx.session_dir(), ctx.names)

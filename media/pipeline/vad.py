@@ -1,5 +1,5 @@
 """Voice activity: webrtcvad per stream, an energy floor, start/stop hysteresis, speech
-segments per MSI, and a dominant speaker (DESIGN.md section 3: hot path, sync, numpy).
+segments per MSI, and a dominant speaker (hot path, sync, numpy).
 
 Per 20 ms frame a stream is *voiced* when its RMS is above the energy floor and webrtcvad
 (the WebRTC GMM detector, aggressiveness `mode` 0..3) says speech. Frames below the floor skip
