@@ -606,6 +606,15 @@ class Bot:
             "Call(%s) recording status recording requested", call.id, extra={"call_id": call.id}
         )
         await operation.wait()
+        if call.state in ("terminating", "terminated") or not self.admitting:
+            # The call is ending (hung up, transferred, the bot stopping) while Graph
+            # acknowledged: nothing is recorded on a session that is closing.
+            logger.info(
+                "Call(%s) recording status acknowledged as the call ends: not started",
+                call.id,
+                extra={"call_id": call.id},
+            )
+            return
         call.speech.recording_status = "recording"
         # Audio that arrived before the acknowledgement and still waits in a ring is not kept.
         acknowledged = to_ticks(self.media.clock.now())

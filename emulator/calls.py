@@ -244,7 +244,15 @@ def spawn(call: EmulatedCall, coro: Coroutine[Any, Any, None]) -> asyncio.Task[N
     task = asyncio.create_task(coro)
     call.tasks.add(task)
     task.add_done_callback(call.tasks.discard)
+    task.add_done_callback(_log_failure)
     return task
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A call's background work that raised says so (it would otherwise vanish with the task,
+    leaving the call stuck where it was)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("call task %s failed", task.get_name(), exc_info=task.exception())
 
 
 async def _send(emulator: Emulator, call: EmulatedCall) -> None:

@@ -399,3 +399,44 @@ async def test_delta_roster_join_tracks_joins_and_removals(rig: Rig) -> None:
     await invited(call)[0].remove()
     await until(call, lambda c: not invited(c))
     assert "p-ola" in call.participants  # a delta removes only whom it names
+
+
+# -- stopping: leave every call through Graph --------------------------------------------------
+
+
+async def test_stop_hangs_up_every_call_and_waits_for_graph(rig: Rig) -> None:
+    p2p = await established_p2p(rig)
+    incoming = await rig.incoming()
+    await incoming.wait_for("established", WITHIN)
+    left = await rig.bot.stop()
+    assert left == []
+    assert {p2p.state, incoming.state} == {"terminated"}
+    deleted = {r.path.rsplit("/", 1)[-1] for r in rig.emulator.requests if r.method == "DELETE"}
+    assert deleted == {p2p.id, incoming.id}
+    assert {rig.emulator.calls[c].state for c in deleted} == {"terminated"}
+
+
+async def test_a_stopping_bot_rejects_incoming_calls_and_places_none(rig: Rig) -> None:
+    rig.bot.admitting = False  # what stop() sets first
+    call = await rig.incoming()
+    await call.wait_for("terminated", WITHIN)
+    assert rig.requests("/reject")[-1].json == {"reason": "busy"}
+    assert not rig.requests("/answer")
+    with pytest.raises(RuntimeError, match="stopping"):
+        await rig.bot.create_call([user(1)])
+
+
+async def test_stop_says_which_calls_graph_did_not_let_it_leave(rig: Rig) -> None:
+    call = await established_p2p(rig)
+    # Graph refuses everything about the call until the bot gives up its retries.
+    await rig.admin_post(
+        "/faults",
+        {
+            "status": 503,
+            "retryAfterSeconds": 0,
+            "count": 50,
+            "pathPrefix": f"/v1.0/communications/calls/{call.id}",
+        },
+    )
+    assert await rig.bot.stop(timeout_seconds=WITHIN) == [f"{call.id} (established)"]
+    assert len(rig.requests(call.id)) >= 4  # DELETE tried, and tried again, every time refused
