@@ -49,10 +49,12 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# Regenerate both lock files from pyproject.toml's ranges (newest versions they allow).
+# Regenerate both lock files from pyproject.toml's ranges: pins that still fit are kept, so a
+# changed range moves only what it must; `make lock UPGRADE=1` moves every pin to the newest
+# version the ranges allow.
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) -o $(LOCK_RUNTIME)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o $(LOCK_DEV)
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK_RUNTIME)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK_DEV)
 
 # The suite on the newest versions the ranges allow, ignoring the lock (drift, on purpose).
 test-latest:

@@ -251,13 +251,13 @@ class Settings(BaseSettings):
         toml = _read_toml(toml_path, "--config/BOT_CONFIG") if toml_path else {}
         from_file = _read_env_file(env_file) if env_file else {}
         for name in toml:
-            origin.place[name] = f"{name} in {toml_path}"
+            origin.place[name] = (name, toml_path)
         for key in from_file:
-            origin.place[_field_of(key)] = f"{key.upper()} in {env_file}"
+            origin.place[_field_of(key)] = (key.upper(), env_file)
         for key in env:
             if key.upper().startswith(ENV_PREFIX) and key.upper() not in META_VARIABLES:
                 if _field_of(key) in cls.model_fields:
-                    origin.place[_field_of(key)] = key.upper()
+                    origin.place[_field_of(key)] = (key.upper(), None)
                 else:
                     logger.warning("%s is not a setting and is ignored%s", key, _did_you_mean(key))
 
@@ -328,7 +328,10 @@ class Settings(BaseSettings):
     @field_validator("instance_public_ip")
     @classmethod
     def _public_ip(cls, value: str | None) -> str | None:
-        return None if value is None else _ip(value)
+        try:
+            return None if value is None else str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("is not an IP address") from None
 
     @field_validator("webhook_host", "media_bind_host")
     @classmethod
@@ -562,10 +565,15 @@ class _Origin:
     """Where each field's value came from, to name it as the user wrote it."""
 
     def __init__(self) -> None:
-        self.place: dict[str, str] = {}
+        self.place: dict[str, tuple[str, str | None]] = {}  # field -> (as written, file)
 
     def name(self, field: str) -> str:
-        return self.place.get(field, ENV_PREFIX + field.upper())
+        return self.place.get(field, (ENV_PREFIX + field.upper(), None))[0]
+
+    def label(self, field: str, shown: str) -> str:
+        """`NAME=value`, and ` in FILE` for a value from the env file or the TOML file."""
+        name, file = self.place.get(field, (ENV_PREFIX + field.upper(), None))
+        return f"{name}={shown}" + (f" in {file}" if file else "")
 
 
 def _field_of(variable: str) -> str:
@@ -626,7 +634,7 @@ def _describe(exc: ValidationError, origin: _Origin, cls: type[Settings]) -> str
     info = cls.model_fields.get(field)
     value = error.get("input", PydanticUndefined)
     shown = SECRET if info is not None and _is_secret(info) else repr(value)
-    return f"{origin.name(field)}={shown}: {reason}"
+    return f"{origin.label(field, shown)}: {reason}"
 
 
 def _ssl_reason(exc: BaseException) -> str:

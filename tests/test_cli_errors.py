@@ -95,7 +95,7 @@ def mistakes(certs: DevCerts, other: DevCerts, port: int) -> list[Mistake]:
         Mistake(
             "public IP not an address",
             {"BOT_INSTANCE_PUBLIC_IP": "my-vm"},
-            ("BOT_INSTANCE_PUBLIC_IP='my-vm'", "not an IP address"),
+            ("BOT_INSTANCE_PUBLIC_IP='my-vm': is not an IP address",),
         ),
         Mistake(
             "media host address not an address",
@@ -166,7 +166,7 @@ def mistakes(certs: DevCerts, other: DevCerts, port: int) -> list[Mistake]:
         Mistake(
             "TOML value of the wrong type",
             {},
-            ("webhook_port in", "bot.toml", "'9441x'", "whole number"),
+            ("webhook_port='9441x' in ", "bot.toml: must be a whole number"),
             args=("--config", "{dir}/bot.toml"),
             files={"bot.toml": 'webhook_port = "9441x"\n'},
         ),
