@@ -19,47 +19,49 @@ value (secrets as ***). docs/settings.md is generated from the fields (`python -
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import logging
 import math
 import os
 import re
 import ssl
-import tomllib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticUndefined
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from pydantic_settings.sources.utils import parse_env_vars
 
+from bot.settings_sources import (
+    ENV_PREFIX,
+    LOADING,
+    META_VARIABLES,
+    ORIGIN,
+    SECRET,
+    MappingEnvSource,
+    Origin,
+    SettingsError,
+    TomlSource,
+    describe,
+    did_you_mean,
+    field_of,
+    is_secret,
+    loading,
+    read_env_file,
+    read_toml,
+)
 from media.frames import AUDIO_FRAME_MS
 from media.pipeline.vad import VadSettings
 
-ENV_PREFIX = "BOT_"
 EMULATOR_URL = "https://localhost:9443"
-# Read by load() itself, never fields: where the other settings come from.
-META_VARIABLES = ("BOT_CONFIG", "BOT_ENV_FILE")
-SECRET = "***"
 
 logger = logging.getLogger(__name__)
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it and its value, in one line."""
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -233,7 +235,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        extra = _LOADING.get()
+        extra = LOADING.get()
         return (init_settings, *extra(settings_cls)) if extra is not None else (init_settings,)
 
     @classmethod
@@ -245,30 +247,34 @@ class Settings(BaseSettings):
     ) -> Settings:
         """Environment over env file over TOML over defaults. Raises SettingsError."""
         env = os.environ if env is None else env
-        origin = _Origin()
+        origin = Origin()
         toml_path = toml_path or env.get("BOT_CONFIG") or None
         env_file = env_file or env.get("BOT_ENV_FILE") or None
-        toml = _read_toml(toml_path, "--config/BOT_CONFIG") if toml_path else {}
-        from_file = _read_env_file(env_file) if env_file else {}
+        toml = read_toml(toml_path, cls.model_fields, "--config/BOT_CONFIG") if toml_path else {}
+        from_file = read_env_file(env_file, cls.model_fields) if env_file else {}
         for name in toml:
             origin.place[name] = (name, toml_path)
         for key in from_file:
-            origin.place[_field_of(key)] = (key.upper(), env_file)
+            origin.place[field_of(key)] = (key.upper(), env_file)
         for key in env:
             if key.upper().startswith(ENV_PREFIX) and key.upper() not in META_VARIABLES:
-                if _field_of(key) in cls.model_fields:
-                    origin.place[_field_of(key)] = (key.upper(), None)
+                if field_of(key) in cls.model_fields:
+                    origin.place[field_of(key)] = (key.upper(), None)
                 else:
-                    logger.warning("%s is not a setting and is ignored%s", key, _did_you_mean(key))
+                    logger.warning(
+                        "%s is not a setting and is ignored%s",
+                        key,
+                        did_you_mean(key, cls.model_fields),
+                    )
 
         def sources(settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
             return (
-                _MappingEnvSource(settings_cls, env),
-                _MappingEnvSource(settings_cls, from_file),
-                _TomlSource(settings_cls, toml),
+                MappingEnvSource(settings_cls, env),
+                MappingEnvSource(settings_cls, from_file),
+                TomlSource(settings_cls, toml),
             )
 
-        with _loading(sources, origin):
+        with loading(sources, origin):
             return cls()
 
     def __init__(self, **values: Any) -> None:
@@ -276,8 +282,8 @@ class Settings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            origin = _ORIGIN.get() or _Origin()
-            raise SettingsError(_describe(exc, origin, type(self))) from None
+            origin = ORIGIN.get() or Origin()
+            raise SettingsError(describe(exc, origin, type(self).model_fields)) from None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
@@ -463,178 +469,9 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Every field as BOT_NAME -> value, secrets as ***: for `python -m bot settings`."""
         return {
-            ENV_PREFIX + name.upper(): SECRET if _is_secret(info) else getattr(self, name)
+            ENV_PREFIX + name.upper(): SECRET if is_secret(info) else getattr(self, name)
             for name, info in type(self).model_fields.items()
         }
-
-
-# -- sources -------------------------------------------------------------------------------
-
-_LOADING: ContextVar[Callable[[type[BaseSettings]], tuple[PydanticBaseSettingsSource, ...]] | None]
-_LOADING = ContextVar("settings_sources", default=None)
-
-
-_ORIGIN: ContextVar[_Origin | None] = ContextVar("settings_origin", default=None)
-
-
-@contextmanager
-def _loading(
-    sources: Callable[[type[BaseSettings]], tuple[PydanticBaseSettingsSource, ...]],
-    origin: _Origin,
-) -> Iterator[None]:
-    tokens = _LOADING.set(sources), _ORIGIN.set(origin)
-    try:
-        yield
-    finally:
-        _LOADING.reset(tokens[0])
-        _ORIGIN.reset(tokens[1])
-
-
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping instead of os.environ:
-    Settings.load(env=...) and the env file go through the same parsing as the process
-    environment."""
-
-    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str]) -> None:
-        self._variables = variables  # read by _load_env_vars() inside super().__init__
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self._variables, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
-
-
-class _TomlSource(PydanticBaseSettingsSource):
-    """The TOML file's table, already read and checked by _read_toml()."""
-
-    def __init__(self, settings_cls: type[BaseSettings], values: Mapping[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._values = dict(values)
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
-
-
-def _read_toml(path: str, setting: str) -> dict[str, Any]:
-    try:
-        values = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SettingsError(f"{setting}={path}: no such file") from None
-    except OSError as exc:
-        raise SettingsError(f"{setting}={path}: cannot be read ({exc.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{setting}={path}: not valid TOML ({exc})") from None
-    for key, value in values.items():
-        if key not in Settings.model_fields:
-            hint = _did_you_mean(key, toml=True)
-            raise SettingsError(
-                f"{path}: {key} is not a setting{hint} (TOML keys are the lowercase setting "
-                f"names without BOT_, listed in docs/settings.md)"
-            )
-        if isinstance(value, dict | list) and key != "media_host_addresses":
-            raise SettingsError(f"{path}: {key} must be a single value, not a table or list")
-    return values
-
-
-def _read_env_file(path: str) -> dict[str, str]:
-    file = Path(path)
-    if not file.is_file():
-        raise SettingsError(f"--env-file/BOT_ENV_FILE={path}: no such file")
-    try:
-        raw = dotenv_values(file)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"--env-file/BOT_ENV_FILE={path}: cannot be read ({exc})") from None
-    values: dict[str, str] = {}
-    for key, value in raw.items():
-        if key.upper() in META_VARIABLES:
-            continue
-        if not key.upper().startswith(ENV_PREFIX) or _field_of(key) not in Settings.model_fields:
-            raise SettingsError(f"{path}: {key} is not a setting{_did_you_mean(key)}")
-        values[key] = value or ""
-    return values
-
-
-# -- messages ------------------------------------------------------------------------------
-
-
-class _Origin:
-    """Where each field's value came from, to name it as the user wrote it."""
-
-    def __init__(self) -> None:
-        self.place: dict[str, tuple[str, str | None]] = {}  # field -> (as written, file)
-
-    def name(self, field: str) -> str:
-        return self.place.get(field, (ENV_PREFIX + field.upper(), None))[0]
-
-    def label(self, field: str, shown: str) -> str:
-        """`NAME=value`, and ` in FILE` for a value from the env file or the TOML file."""
-        name, file = self.place.get(field, (ENV_PREFIX + field.upper(), None))
-        return f"{name}={shown}" + (f" in {file}" if file else "")
-
-
-def _field_of(variable: str) -> str:
-    return variable.upper().removeprefix(ENV_PREFIX).lower()
-
-
-def _did_you_mean(key: str, toml: bool = False) -> str:
-    """`; did you mean X?` for the closest setting, spelt as this source spells it (TOML:
-    the field name, even for a BOT_ variable name used as a key)."""
-    wanted = _field_of(key)
-    match = difflib.get_close_matches(wanted, list(Settings.model_fields), n=1, cutoff=0.75)
-    if not match:
-        return ""
-    variable = key.upper().startswith(ENV_PREFIX) and not toml
-    return f"; did you mean {ENV_PREFIX + match[0].upper() if variable else match[0]}?"
-
-
-def _is_secret(info: Any) -> bool:
-    extra = getattr(info, "json_schema_extra", None)
-    return isinstance(extra, dict) and bool(extra.get("secret"))
-
-
-_SHORT = {
-    "int_parsing": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-    "bool_parsing": "must be true or false",
-    "string_too_short": "must not be empty",
-}
-
-
-def _describe(exc: ValidationError, origin: _Origin, cls: type[Settings]) -> str:
-    """The first problem as one line: the setting as the user wrote it, its value, why."""
-    error = exc.errors(include_url=False)[0]
-    location = [str(part) for part in error.get("loc", ())]
-    kind = error.get("type", "")
-    message = str(error.get("msg", "is not valid"))
-    if kind == "extra_forbidden" and location:
-        return f"{location[0]} is not a setting{_did_you_mean(location[0])}"
-    if kind in _SHORT:
-        reason = _SHORT[kind]
-    elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        reason = "must be " + message.removeprefix("Input should be ")
-    elif kind == "literal_error":
-        reason = "must be " + message.removeprefix("Input should be ")
-    elif kind == "value_error":
-        reason = message.removeprefix("Value error, ")
-    else:
-        reason = message[:1].lower() + message[1:]
-    if not location:  # a check across fields: {field} in its message names each one
-        return re.sub(
-            r"\{(\w+)\}",
-            lambda m: origin.name(m[1]) if m[1] in cls.model_fields else m[0],
-            reason,
-        )
-    field = location[0]
-    info = cls.model_fields.get(field)
-    value = error.get("input", PydanticUndefined)
-    shown = SECRET if info is not None and _is_secret(info) else repr(value)
-    return f"{origin.label(field, shown)}: {reason}"
 
 
 def _ssl_reason(exc: BaseException) -> str:
@@ -673,7 +510,7 @@ def reference() -> str:
         default = info.default
         if default is None or default == () or default == "":
             shown = "none"
-        elif _is_secret(info):
+        elif is_secret(info):
             shown = "the emulator's"
         elif isinstance(default, bool):
             shown = str(default).lower()
