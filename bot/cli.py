@@ -183,7 +183,7 @@ def _configure_logging(verbose: bool, log_format: str, levels: str) -> None:
 
 class _Interrupts:
     """The first SIGINT or SIGTERM asks the running command to stop gracefully (it leaves its
-    calls through Graph); a second one exits at once and says what was left up."""
+    calls through Graph); a second Ctrl-C (SIGINT) exits at once and says what was left up."""
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
@@ -195,6 +195,12 @@ class _Interrupts:
         if self.count == 1:
             logger.info("bot: %s: leaving every call, then exiting", signal.Signals(signum).name)
             self.stop.set()
+            return
+        if signum != signal.SIGINT:
+            # Only a person's second Ctrl-C means "now". A SIGTERM may come twice without
+            # anyone asking (timeout(1) and some supervisors signal the process and its group);
+            # supervisors that will not wait send SIGKILL.
+            logger.info("bot: %s again: still leaving the calls", signal.Signals(signum).name)
             return
         left = self.left_up()
         print(

@@ -114,3 +114,17 @@ async def test_a_second_interrupt_exits_at_once_naming_the_call(
     assert code == 130, output
     assert re.search(rf"second interrupt: exiting now; left up in Graph: {call_id} \(", output)
     assert ("DELETE", call_id) not in requests_for(emulator, call_id)
+
+
+async def test_a_second_sigterm_does_not_cut_the_leave_short(
+    emulator: Emulator, certs: DevCerts, tmp_path: Path
+) -> None:
+    """timeout(1) and some supervisors deliver SIGTERM to the process and to its group: the
+    bot still leaves its calls and exits 0."""
+    process, lines, call_id = await join_and_record(emulator, certs, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(process.wait(), EXIT_SECONDS)
+    output = await lines.rest()
+    assert code == 0, output
+    assert ("DELETE", call_id) in requests_for(emulator, call_id)
