@@ -39,6 +39,7 @@ from bot.settings import Settings, SettingsError
 from bot.webhook import STATS, WEBHOOK_PATH, WebhookStats, create_app
 from media import MediaPlatform, MediaPlatformSettings
 from media.clock import to_ticks
+from media.listener import serve
 from media.pipeline import plugins
 from media.pipeline.events import PipelineEvent, RecorderFailed, SpeechStarted
 from media.pipeline.processor import Processor, ProcessorContext, Recording, close_processors
@@ -97,6 +98,8 @@ class Bot:
                 media_port_min=settings.media_port_min,
                 media_port_max=settings.media_port_max,
                 host_addresses=settings.media_host_addresses,
+                listener=settings.listener_limits(),
+                control_hello_timeout_seconds=settings.listener_hello_timeout_seconds,
             ),
             on_event=self._media_event_threadsafe,
             on_pipeline_events=self._pipeline_events_threadsafe,
@@ -172,6 +175,7 @@ class Bot:
             client_ssl,
             leeway_seconds=s.notification_leeway_seconds,
             unknown_kid_refresh_seconds=s.notification_key_refresh_seconds,
+            allowed_tenants=s.allowed_tenants,
         )
         try:
             await asyncio.to_thread(self.media.start)
@@ -190,11 +194,16 @@ class Bot:
         if s.cert_file:
             server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             server_ssl.load_cert_chain(s.cert_file, s.key_file)
-        self._runner = web.AppRunner(create_app(self.validator, self.calls), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.webhook_host, s.webhook_port, ssl_context=server_ssl)
         try:
-            await site.start()
+            self._runner, _ = await serve(
+                "webhook",
+                create_app(self.validator, self.calls),
+                s.webhook_host,
+                s.webhook_port,
+                server_ssl,
+                s.listener_limits(),
+                access_log=None,
+            )
         except OSError as exc:
             raise SettingsError(
                 _bind_error("BOT_WEBHOOK_PORT", s.webhook_host, s.webhook_port, exc)
@@ -445,6 +454,9 @@ class Bot:
             self.calls.notify_state(call, state)
         elif call.state == "terminated":  # it ended before Graph's answer reached us
             self.terminated(call)
+        # Graph's notifications can arrive before its answer to the POST: they were held, and
+        # apply now, after the answer and with the call's media session and options set.
+        self.calls.learned(call)
         self.expect_state(call, "established")
         return call
 

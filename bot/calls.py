@@ -6,6 +6,16 @@ docs/articles/index.html).
 
 State is applied synchronously when a notification arrives (it is cheap and keeps `wait_for`
 exact); handlers run on a per-call worker fed by a bounded queue.
+
+Only two things make a Call: an incoming call's `created` notification (state incoming), and
+the bot's own POST /communications/calls (bot/app.py, `_create`). A notification naming any
+other call id allocates nothing but a bounded, expiring record: Graph's first notifications
+for a call the bot places can arrive before the POST's answer does, so they are held, and
+applied in order when that answer names the call (`learned`); otherwise they expire after
+`HELD_SECONDS` and are counted. At most `HELD_NOTIFICATIONS` of them, `HELD_BYTES` in all
+(their JSON size), are held; past that the oldest go first (also counted): the one a create is
+about to claim is the newest. Held notifications start nothing (no worker, no keep-alive, no
+read back), so a flood of valid notifications for made-up ids costs a bounded record.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections import OrderedDict
-from collections.abc import Coroutine
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.call import Call, CallContext
@@ -23,6 +34,7 @@ from bot.events import CALL_EVENTS, EventHandlers
 from bot.notifications import (
     CallChanged,
     ContentSharingChanged,
+    Notification,
     OperationChanged,
     RosterChanged,
     parse,
@@ -42,6 +54,11 @@ DEDUPE_MEMORY = 4096  # resources remembered for duplicate detection
 ENDED_RETENTION_SECONDS = 60.0  # an ended call stays visible this long, then is forgotten
 ENDED_MEMORY = 4096  # forgotten call ids remembered, so late notifications cannot revive them
 RECONCILE_SECONDS = 10.0  # a state notification this late is read back (bot/reconcile.py)
+# Notifications for call ids the bot does not know (yet): Graph's answer to the POST that
+# created a call comes well within this after its first notification.
+HELD_SECONDS = 30.0
+HELD_NOTIFICATIONS = 256
+HELD_BYTES = 4 * 1024 * 1024
 
 
 class Lifecycle(Protocol):
@@ -65,6 +82,17 @@ class _Dispatcher:
         self.dropped = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A notification for a call id not known (yet), as received."""
+
+    call_id: str
+    at: float
+    item: dict[str, Any]
+    note: Notification
+    size: int
+
+
 class CallCollection:
     def __init__(
         self,
@@ -73,11 +101,14 @@ class CallCollection:
         window_scale: float = 1.0,
         retention_seconds: float = ENDED_RETENTION_SECONDS,
         reconcile_seconds: float = RECONCILE_SECONDS,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """clock: what times held notifications (default: the running loop's time)."""
         self.calls: dict[str, Call] = {}
         self.late = 0  # notifications for calls already forgotten
         self.events = EventHandlers((*CALL_EVENTS, "incoming_call"))
         self.ignored = 0
+        self.failed = 0  # items that raised while applied (CallCollection.apply)
         self.duplicates = 0
         self._context = context
         self._lifecycle = lifecycle
@@ -88,11 +119,20 @@ class CallCollection:
         self._last: OrderedDict[str, bytes] = OrderedDict()
         self.reconciler = Reconciler(self, reconcile_seconds)
         self._dispatchers: dict[str, _Dispatcher] = {}
+        self.clock = clock
+        self._held: deque[_Held] = deque()
+        self._held_bytes = 0
+        self._held_timer: asyncio.TimerHandle | None = None
+        self.held = 0  # notifications held for a call id not known when they came
+        self.held_applied = 0  # ... applied when the bot learned the call
+        self.held_expired = 0  # ... forgotten after HELD_SECONDS
+        self.held_dropped = 0  # ... forgotten to stay within HELD_NOTIFICATIONS / HELD_BYTES
 
     def get_or_add(self, call_id: str) -> Call:
         call = self.calls.get(call_id)
         if call is None:
-            # Notifications can arrive before the POST that created the call has returned.
+            # The bot learns a call: its own POST's answer, or an incoming call's `created`
+            # (what arrived for it before is applied by `learned`).
             call = self.calls[call_id] = Call(call_id, self._context)
             for waiter in self._waiters.pop(call_id, []):
                 if not waiter.done():
@@ -117,7 +157,16 @@ class CallCollection:
     # -- notifications ------------------------------------------------------------------------
 
     def apply(self, item: Any) -> None:
-        """Apply one commsNotification item. Malformed ones are counted and skipped."""
+        """Apply one commsNotification item. Malformed ones are counted and skipped, and so is
+        one that fails while it is applied (`failed`, logged with its traceback: a bug to fix),
+        so one bad item never stops the rest of its batch."""
+        try:
+            self._apply(item)
+        except Exception:
+            self.failed += 1
+            logger.exception("Calls x notification not applied")
+
+    def _apply(self, item: Any) -> None:
         try:
             note = parse(item)
         except ValueError as exc:
@@ -127,17 +176,19 @@ class CallCollection:
         if note.call_id in self._ended:
             self.late += 1
             return
+        known = note.call_id in self.calls
+        if not known and not _creates_call(note):
+            self._hold(note, item)
+            return
         if self._duplicate(item):
-            self.duplicates += 1
-            logger.info(
-                "Call(%s) ignores a duplicate %s notification of %s",
-                note.call_id,
-                item.get("changeType"),
-                item.get("resourceUrl") or item.get("resource"),
-                extra={"call_id": note.call_id},
-            )
+            self._count_duplicate(note, item)
             return
         call = self.get_or_add(note.call_id)
+        self._apply_note(call, note)
+        if not known:
+            self.learned(call)
+
+    def _apply_note(self, call: Call, note: Notification) -> None:
         if isinstance(note, CallChanged):
             self._call_changed(call, note)
         elif isinstance(note, RosterChanged):
@@ -151,6 +202,92 @@ class CallCollection:
             self._enqueue(call, "operation", call, call.track_operation(note.resource))
         elif isinstance(note, ContentSharingChanged):
             self._enqueue(call, "content_sharing", call, note.sessions)
+
+    def _count_duplicate(self, note: Notification, item: dict[str, Any]) -> None:
+        self.duplicates += 1
+        logger.info(
+            "Call(%s) ignores a duplicate %s notification of %s",
+            note.call_id,
+            item.get("changeType"),
+            item.get("resourceUrl") or item.get("resource"),
+            extra={"call_id": note.call_id},
+        )
+
+    # -- notifications for calls not known (yet) ------------------------------------------------
+
+    @property
+    def held_now(self) -> int:
+        """Notifications held right now (see the module docstring)."""
+        return len(self._held)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    def _hold(self, note: Notification, item: dict[str, Any]) -> None:
+        now = self._now()
+        self.expire_held(now)
+        self.held += 1
+        size = len(json.dumps(item))
+        logger.debug("Call(%s) not known: notification held", note.call_id)
+        self._held.append(_Held(note.call_id, now, item, note, size))
+        self._held_bytes += size
+        while self._held and (
+            len(self._held) > HELD_NOTIFICATIONS or self._held_bytes > HELD_BYTES
+        ):
+            self._held_bytes -= self._held.popleft().size
+            self.held_dropped += 1
+        self._arm_held_timer(now)
+
+    def expire_held(self, now: float | None = None) -> None:
+        """Forget held notifications older than HELD_SECONDS (also done on a timer)."""
+        now = self._now() if now is None else now
+        expired = 0
+        while self._held and now - self._held[0].at >= HELD_SECONDS:
+            self._held_bytes -= self._held.popleft().size
+            expired += 1
+        if expired:
+            self.held_expired += expired
+            logger.info(
+                "Calls x %d notification(s) for calls the bot never learned expired (%d in all)",
+                expired,
+                self.held_expired,
+            )
+
+    def _arm_held_timer(self, now: float) -> None:
+        if self._held_timer is not None or not self._held:
+            return
+        delay = max(0.0, self._held[0].at + HELD_SECONDS - now)
+        self._held_timer = asyncio.get_running_loop().call_later(delay, self._held_due)
+
+    def _held_due(self) -> None:
+        self._held_timer = None
+        now = self._now()
+        self.expire_held(now)
+        self._arm_held_timer(now)
+
+    def learned(self, call: Call) -> None:
+        """The bot now knows this call (its POST answer named it): apply, in order, what Graph
+        said about it before that answer arrived."""
+        self.expire_held()
+        mine = [h for h in self._held if h.call_id == call.id]
+        if not mine:
+            return
+        self._held = deque(h for h in self._held if h.call_id != call.id)
+        self._held_bytes = sum(h.size for h in self._held)
+        for held in mine:
+            try:
+                if self._duplicate(held.item):
+                    self._count_duplicate(held.note, held.item)
+                    continue
+                self.held_applied += 1
+                self._apply_note(call, held.note)
+            except Exception:
+                self.failed += 1
+                logger.exception("Call(%s) held notification not applied", call.id)
 
     def _duplicate(self, item: dict[str, Any]) -> bool:
         """A re-delivery: identical to the last item applied for the same resource.
@@ -359,9 +496,22 @@ class CallCollection:
                 return
 
     async def close(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         await self.reconciler.close()
         tasks = [d.task for d in self._dispatchers.values() if d.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._dispatchers.clear()
+
+
+def _creates_call(note: Notification) -> bool:
+    """An incoming call: Graph's `created` notification with state incoming
+    (https://learn.microsoft.com/en-us/graph/api/resources/call, "incoming")."""
+    return (
+        isinstance(note, CallChanged)
+        and note.change_type == "created"
+        and note.resource.get("state") == "incoming"
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
+
+from media import safe_json
 
 # https://teams.microsoft.com/l/meetup-join/{threadId}/{messageId}?context={"Tid":..,"Oid":..}
 _JOIN = re.compile(r"^https://teams\.microsoft\.com/l/meetup-join/([^/]+)/([^/?]+)\?(.*)$")
@@ -50,9 +51,9 @@ def parse_join_url(url: str) -> JoinInfo:
     message = urllib.parse.unquote(match.group(2))
     query = urllib.parse.parse_qs(match.group(3))
     try:
-        context = json.loads(query["context"][0])
+        context = safe_json.loads(query["context"][0])  # deep nesting, huge numbers: refused
         tenant, organizer = context["Tid"], context["Oid"]
-    except (KeyError, IndexError, json.JSONDecodeError, TypeError):
+    except (KeyError, IndexError, safe_json.JsonRefused, TypeError):
         raise ValueError("join URL context must be JSON with Tid and Oid") from None
     if not all(isinstance(v, str) and v for v in (tenant, organizer)):
         raise ValueError("join URL context Tid and Oid must be non-empty strings")

@@ -122,7 +122,7 @@ def parse_levels(levels: str) -> dict[str, int]:
         name, sep, level = (part.strip() for part in entry.partition("="))
         if not sep or not name or not level:
             raise ValueError(f"log levels entry {entry!r} is not LOGGER=LEVEL")
-        if level.isdigit():
+        if level.isascii() and level.isdigit():  # not "²", which int() refuses
             parsed[name] = int(level)
             continue
         number = logging.getLevelNamesMapping().get(level.upper())

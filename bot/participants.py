@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.notifications import RosterChanged
+from media.control import MAX_MSI
 
 if TYPE_CHECKING:
     from bot.call import Call
@@ -61,14 +62,15 @@ class Participant:
 
     def msis(self, media_type: str = "audio") -> list[int]:
         """Media source ids of this participant's streams of one type (mediaStreams.sourceId)."""
-        streams = self.resource.get("mediaStreams") or []
-        return [
-            int(s["sourceId"])
+        streams = self.resource.get("mediaStreams")
+        if not isinstance(streams, list):
+            return []
+        msis = (
+            parse_msi(s.get("sourceId"))
             for s in streams
-            if isinstance(s, dict)
-            and s.get("mediaType") == media_type
-            and str(s.get("sourceId", "")).isdigit()
-        ]
+            if isinstance(s, dict) and s.get("mediaType") == media_type
+        )
+        return [msi for msi in msis if msi is not None]
 
     async def mute(self, client_context: str | None = None) -> Operation:
         """POST .../participants/{id}/mute (https://learn.microsoft.com/en-us/graph/api/participant-mute)."""
@@ -220,6 +222,21 @@ class Roster:
             self.departed.move_to_end(pid)
             while len(self.departed) > DEPARTED_MEMORY:
                 self.departed.popitem(last=False)
+
+
+def parse_msi(value: object) -> int | None:
+    """A mediaStream's sourceId as an MSI, or None: the roster sends it as a string of digits
+    (https://learn.microsoft.com/en-us/graph/api/resources/mediastream), and an MSI is the
+    RTP CSRC it appears as, 32 bits (RFC 3550 section 5.1). Only ASCII digits: str.isdigit()
+    also takes "²" and other Unicode digits, which int() then refuses."""
+    if type(value) is int:
+        return value if 0 <= value <= MAX_MSI else None
+    if not isinstance(value, str) or not 0 < len(value) <= len(str(MAX_MSI)):
+        return None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    msi = int(value)
+    return msi if msi <= MAX_MSI else None
 
 
 def _number(participant: dict[str, Any]) -> int | None:

@@ -29,7 +29,7 @@ from typing import Any
 from bot.app import Bot
 from bot.call import Call
 from bot.graph import shapes
-from bot.participants import RosterUpdate
+from bot.participants import RosterUpdate, parse_msi
 from media.clock import TICKS_PER_SECOND
 from media.frames import AudioFrame
 from media.session import MediaSessionOptions
@@ -122,9 +122,9 @@ def snapshot(call: Call) -> dict[str, Seen]:
     seen = {}
     for pid, p in call.participants.items():
         streams = tuple(
-            (str(s.get("mediaType")), int(s["sourceId"]))
+            (str(s.get("mediaType")), msi)
             for s in p.resource.get("mediaStreams") or ()
-            if isinstance(s, dict) and str(s.get("sourceId", "")).isdigit()
+            if isinstance(s, dict) and (msi := parse_msi(s.get("sourceId"))) is not None
         )
         seen[pid] = Seen(p.display_name, p.is_muted, streams)
     return seen

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import ssl
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -57,6 +58,7 @@ from bot.settings_sources import (
     read_toml,
 )
 from media.frames import AUDIO_FRAME_MS
+from media.listener import ListenerLimits
 from media.pipeline.vad import VadSettings
 
 EMULATOR_URL = "https://localhost:9443"
@@ -150,6 +152,55 @@ class Settings(BaseSettings):
         description="limit media host candidates to these addresses, comma-separated, "
         "loopback allowed (`127.0.0.1`); none: every non-loopback interface",
     )
+    # -- listener limits (the webhook and the media-control endpoint, each) ------------------
+    listener_max_connections: int = Field(
+        512,
+        ge=1,
+        le=1_000_000,
+        description="connections one listener holds at once; at the cap a new one closes the "
+        "oldest idle one, or is reset",
+    )
+    listener_max_connections_per_ip: int = Field(
+        64, ge=1, le=1_000_000, description="connections one listener holds from one address"
+    )
+    listener_reserved_files: int = Field(
+        256,
+        ge=16,
+        le=1_000_000,
+        description="files kept free for calls: the listeners together hold at most "
+        "RLIMIT_NOFILE minus this (minus half the limit if that is less)",
+    )
+    listener_handshake_timeout_seconds: Seconds = Field(
+        10.0, gt=0, le=300, description="a TLS handshake not done in this is aborted"
+    )
+    listener_header_timeout_seconds: Seconds = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request's header not complete this long after its first byte: closed",
+    )
+    listener_body_timeout_seconds: Seconds = Field(
+        30.0, gt=0, le=3600, description="a request's body not complete in this: closed"
+    )
+    listener_idle_timeout_seconds: Seconds = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="a connection with no request for this long (new or keep-alive): closed",
+    )
+    listener_hello_timeout_seconds: Seconds = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a media-control WebSocket without its hello in this: rejected",
+    )
+    auth_failures_per_minute: Seconds = Field(
+        30.0,
+        ge=0,
+        le=100_000,
+        description="failed authentications one address may make per minute (a minute's worth "
+        "at once) before it is refused at accept; 0: unlimited",
+    )
     # -- notifications and call handling -----------------------------------------------------
     notification_leeway_seconds: Seconds = Field(
         300.0,
@@ -158,9 +209,16 @@ class Settings(BaseSettings):
         description="clock skew allowed on notification tokens (the .NET SDK's default)",
     )
     notification_key_refresh_seconds: Seconds = Field(
-        60.0,
+        5.0,
         ge=0,
-        description="at most one signing-key fetch per this for unknown key ids (forged tokens)",
+        le=60,
+        description="after a burst of 3, at most one signing-key fetch per this for unknown key "
+        "ids (forged tokens); a new genuine key id waits at most about this for the next fetch",
+    )
+    allowed_tenants: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="tenant ids (GUIDs, comma-separated) whose notifications are accepted; "
+        "none: any tenant's (a multi-tenant app)",
     )
     incoming_call_fallback: Literal["answer", "reject"] = Field(
         "answer", description="`answer` or `reject` an incoming call nobody decided on in time"
@@ -317,6 +375,24 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a positive multiple of {AUDIO_FRAME_MS} ms")
         return value
 
+    @field_validator("allowed_tenants", mode="before")
+    @classmethod
+    def _split_tenants(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_tenants")
+    @classmethod
+    def _tenants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        tenants = []
+        for tenant in value:
+            try:
+                tenants.append(str(uuid.UUID(tenant)))  # lower case: compared without case
+            except ValueError:
+                raise ValueError(f"{tenant!r} is not a tenant id (a GUID)") from None
+        return tuple(tenants)
+
     @field_validator("media_host_addresses", mode="before")
     @classmethod
     def _split_addresses(cls, value: Any) -> Any:
@@ -458,6 +534,19 @@ class Settings(BaseSettings):
             start_ms=self.vad_start_ms,
             stop_ms=self.vad_stop_ms,
             energy_floor_dbfs=self.vad_energy_floor_dbfs,
+        )
+
+    def listener_limits(self) -> ListenerLimits:
+        """The limits every listener gets (media/listener.py)."""
+        return ListenerLimits(
+            max_connections=self.listener_max_connections,
+            max_connections_per_address=self.listener_max_connections_per_ip,
+            reserved_files=self.listener_reserved_files,
+            handshake_timeout_seconds=self.listener_handshake_timeout_seconds,
+            header_timeout_seconds=self.listener_header_timeout_seconds,
+            body_timeout_seconds=self.listener_body_timeout_seconds,
+            idle_timeout_seconds=self.listener_idle_timeout_seconds,
+            auth_failures_per_minute=self.auth_failures_per_minute,
         )
 
     def replace(self, **changes: Any) -> Settings:

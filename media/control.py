@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from media import safe_json
+
 PROTOCOL = "webrtc-mp/1"
 MAX_MESSAGE_BYTES = 256 * 1024  # an SDP offer with 16 m-lines is ~20 KB
 
@@ -48,11 +50,9 @@ def parse(text: str | bytes) -> dict[str, Any]:
     if len(text) > MAX_MESSAGE_BYTES:
         raise ControlError("badMessage", f"message over {MAX_MESSAGE_BYTES} bytes")
     try:
-        message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ControlError("badMessage", f"not JSON: {exc}") from None
-    except RecursionError:
-        raise ControlError("badMessage", "JSON nested too deeply") from None
+        message = safe_json.loads(text)
+    except safe_json.JsonRefused as exc:
+        raise ControlError("badMessage", str(exc)) from None
     if not isinstance(message, dict):
         raise ControlError("badMessage", "a message is a JSON object")
     kind = message.get("type")

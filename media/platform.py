@@ -15,6 +15,7 @@ from aiohttp import web
 
 from media.clock import Clock, MonotonicClock
 from media.health import HealthChange, LateTickShare, PlatformHealth, PlatformOverloadedError
+from media.listener import ListenerLimits, serve
 from media.network import NetworkSettings
 from media.pipeline.events import EventSink
 from media.pipeline.hotloop import HotLoop
@@ -71,6 +72,10 @@ class MediaPlatformSettings:
     # aioice skips 127.0.0.1 and ::1, so a bot and an emulator on one machine without another
     # interface could not connect); empty: every non-loopback interface.
     host_addresses: tuple[str, ...] = ()
+    # The media-control endpoint's connection caps, timeouts and failed-hello rate limit
+    # (media/listener.py), and how long a new control WebSocket has to say hello.
+    listener: ListenerLimits = ListenerLimits()
+    control_hello_timeout_seconds: float = 10.0
 
     def network(self) -> NetworkSettings:
         """Raises ValueError naming a bad port range or address."""
@@ -165,12 +170,10 @@ class MediaPlatform:
         if s.certificate_file:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(s.certificate_file, s.private_key_file)
-        self._runner = web.AppRunner(create_app(self, self.control_stats))
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, s.bind_host, s.instance_internal_port, ssl_context=ssl_context
+        app = create_app(self, self.control_stats, s.control_hello_timeout_seconds)
+        self._runner, _ = await serve(
+            "media-control", app, s.bind_host, s.instance_internal_port, ssl_context, s.listener
         )
-        await site.start()
         self.bound_port = int(self._runner.addresses[0][1])
         self.health.attach(asyncio.get_running_loop())
         logger.info("MediaPlatform listening on %s:%d", s.bind_host, self.bound_port)

@@ -8,6 +8,7 @@ answers every malformed or unknown message with an error message (counted), neve
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from media import control
+from media.listener import auth_failed
 from media.session import LocalMediaSession
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ CLOSE_TIMEOUT_SECONDS = 2.0  # waiting for the peer's close frame; aiohttp's def
 class ControlStats:
     connections: int = 0
     rejected: int = 0
+    rate_limited: int = 0  # rejections over the address's failed-authentication budget
     bad_messages: int = 0
     dropped_outgoing: int = 0
 
@@ -41,12 +44,18 @@ class SessionDirectory(Protocol):
 SESSIONS = web.AppKey("sessions", SessionDirectory)
 STATS = web.AppKey("stats", ControlStats)
 CONNECTIONS = web.AppKey("connections", dict[web.WebSocketResponse, asyncio.Transport])
+HELLO_TIMEOUT = web.AppKey("hello_timeout", float)
+# The request a handler task serves, for _reject to count a failed hello against its address.
+_REQUEST: contextvars.ContextVar[web.Request] = contextvars.ContextVar("media_control_request")
 
 
-def create_app(sessions: SessionDirectory, stats: ControlStats) -> web.Application:
+def create_app(
+    sessions: SessionDirectory, stats: ControlStats, hello_timeout: float = HELLO_TIMEOUT_SECONDS
+) -> web.Application:
     app = web.Application()
     app[SESSIONS] = sessions
     app[STATS] = stats
+    app[HELLO_TIMEOUT] = hello_timeout
     app[CONNECTIONS] = {}
     app.router.add_get("/MediaProcessor/{session_id}", _media_processor)
     return app
@@ -54,6 +63,16 @@ def create_app(sessions: SessionDirectory, stats: ControlStats) -> web.Applicati
 
 async def _reject(ws: web.WebSocketResponse, stats: ControlStats, code: str, why: str) -> None:
     stats.rejected += 1
+    request = _REQUEST.get(None)
+    # Every rejection before the token proved right is a failed authentication (a wrong
+    # token, a guessed session id, no hello); sessionBusy comes after a right token. Over the
+    # address's budget, the listener refuses its next connections before TLS and says so in
+    # its periodic warning, not here once per attempt.
+    if request is not None and code != "sessionBusy" and not auth_failed(request):
+        stats.rate_limited += 1
+        if request.transport is not None:
+            request.transport.abort()  # no error message, no close handshake: nothing to wait for
+        return
     logger.info("MediaControl x rejected: %s (%s)", code, why)
     try:
         await ws.send_str(control.error(code, why))
@@ -69,6 +88,7 @@ async def _media_processor(request: web.Request) -> web.WebSocketResponse:
     )
     await ws.prepare(request)
     stats.connections += 1
+    _REQUEST.set(request)
     if request.transport is not None:
         request.app[CONNECTIONS][ws] = request.transport
     try:
@@ -104,9 +124,15 @@ async def _close(ws: web.WebSocketResponse, transport: asyncio.Transport, reason
 async def _handle(request: web.Request, ws: web.WebSocketResponse, stats: ControlStats) -> None:
     path_id = request.match_info["session_id"]
     try:
-        first = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_SECONDS)
+        first = await asyncio.wait_for(ws.receive(), request.app[HELLO_TIMEOUT])
     except TimeoutError:
         await _reject(ws, stats, "timeout", "no hello")
+        return
+    if first.type == WSMsgType.ERROR:
+        # aiohttp has closed it already, 1009 for a message over max_msg_size (RFC 6455
+        # section 7.4.1): nothing more can be sent.
+        stats.rejected += 1
+        logger.info("MediaControl x rejected: %s", first.data)
         return
     if first.type != WSMsgType.TEXT:
         await _reject(ws, stats, "badMessage", "expected a hello text message")
@@ -156,6 +182,10 @@ async def _serve(
     pumping = asyncio.create_task(pump())
     try:
         async for msg in ws:
+            if msg.type == WSMsgType.ERROR:  # closed by aiohttp, e.g. 1009 too big (as above)
+                stats.bad_messages += 1
+                logger.info("MediaControl x %s: closed", msg.data)
+                break
             if msg.type != WSMsgType.TEXT:
                 stats.bad_messages += 1
                 await ws.send_str(control.error("badMessage", "text messages only"))

@@ -33,7 +33,7 @@ from media.events import (
     VideoSourceChanged,
 )
 from media.frames import UnmixedAudioBuffer
-from media.network import NetworkSettings
+from media.network import DROP_REASONS, NetworkSettings, PortRangeExhausted, drop_counts
 from media.network import apply as apply_network
 from media.pipeline.player import OutgoingPlayer
 from media.ring import Ring
@@ -275,7 +275,11 @@ class LocalMediaSession:
         try:
             self.answer_sdp = await self._answer(pc, offer_sdp)
             return self.answer_sdp
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, PortRangeExhausted):
+                # The MP only hears badOffer and Graph ends the call with its generic 7112:
+                # the call's media_lost says why (media/network.py logs the range too).
+                self._set_state("failed", f"no media port: {exc}")
             # Leave the session able to take a corrected offer.
             self._pc = None
             self._receivers = []
@@ -312,9 +316,9 @@ class LocalMediaSession:
         )
         pc.addTrack(ParkedTrack())  # the first audio m-line: aiortc's own loop stays parked
         self._hook_video(pc, video)
-        if self._network is not None and self._network.changes_gathering:
-            # Before the answer: that is when candidates are gathered (media/network.py).
-            apply_network(pc, self._network)
+        # Before the answer: that is when candidates are gathered (media/network.py). Always,
+        # range or not: the same connection screens what reaches DTLS and SRTP.
+        apply_network(pc, self._network or NetworkSettings())
         await pc.setLocalDescription(await pc.createAnswer())
         self._sender.bind(audio[0])
         dtmf_pt = negotiation.payload_type(audio[0]._codecs, negotiation.TELEPHONE_EVENT, 48_000)
@@ -464,4 +468,8 @@ class LocalMediaSession:
                 frames_to_encoder=s.frames, rtp_sent=s.packets, dtmf_packets_sent=s.dtmf_packets
             )
         stats["events_dropped"] = self.events.dropped
+        # Datagrams dropped before aiortc saw them (RFC 7983 demultiplexing, source checks).
+        pc = self._pc
+        drops = drop_counts(pc) if pc is not None else dict.fromkeys(DROP_REASONS, 0)
+        stats.update({f"udp_dropped_{reason}": count for reason, count in drops.items()})
         return stats

@@ -1,4 +1,5 @@
-"""media/network.py: ICE host candidates from a port range, 1:1 NAT advertisement, queue cap.
+"""media/network.py: ICE host candidates from a port range, 1:1 NAT advertisement, queue cap,
+screening.
 
 Real aiortc peer connections on this host's own addresses, always with iceServers=[] (no STUN
 lookups, no network access). See media/network.py for why.
@@ -19,7 +20,7 @@ from typing import Any, cast
 import aioice
 import av
 import pytest
-from aioice import stun
+from aioice import Candidate, stun
 from aioice.ice import get_host_addresses
 from aiortc import (
     AudioStreamTrack,
@@ -31,13 +32,19 @@ from aiortc import (
 
 from emulator.mediaprocessor import _restrict_host_candidates
 from media.network import (
+    MAX_VERIFIED_SOURCES,
+    Address,
+    Datagram,
     NetworkConnection,
     NetworkSettings,
     PortRangeExhausted,
+    ScreenedProtocol,
     apply,
     candidates_in_sdp,
+    classify,
     ice_connections,
     install,
+    screen,
     uninstall,
     use_network_settings,
 )
@@ -46,6 +53,8 @@ from media.platform import MediaPlatformSettings
 PUBLIC_IP = "203.0.113.7"  # TEST-NET-3 (RFC 5737): stands in for an unreachable public address
 RANGE_SIZE = 10
 TIMEOUT_S = 5.0
+PEER = ("192.0.2.10", 5000)  # TEST-NET-1 (RFC 5737)
+OTHER = ("192.0.2.11", 5000)
 
 
 def host_ipv4() -> str:
@@ -455,3 +464,171 @@ async def test_both_ends_on_loopback_connect_over_loopback() -> None:
         track.stop()
         await offerer.close()
         await answerer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Screening (issue 14): RFC 7983 demultiplexing and the source check, before aiortc sees data
+
+
+def test_classify_follows_rfc_7983_section_7() -> None:
+    kinds = {first: classify(bytes([first, 0])) for first in range(256)}
+    assert {f for f, k in kinds.items() if k is Datagram.STUN} == set(range(0, 4))
+    assert {f for f, k in kinds.items() if k is Datagram.DTLS} == set(range(20, 64))
+    assert {f for f, k in kinds.items() if k is Datagram.RTP} == set(range(128, 192))
+    # ZRTP (16..19), TURN channels (64..79) and everything else: not ours.
+    assert {f for f, k in kinds.items() if k is Datagram.OTHER} == (
+        set(range(4, 20)) | set(range(64, 128)) | set(range(192, 256))
+    )
+    assert classify(b"") is Datagram.EMPTY
+
+
+@pytest.mark.parametrize(
+    ("kind", "selected", "verified", "expected"),
+    [
+        (Datagram.EMPTY, [PEER], [PEER], "empty"),
+        (Datagram.OTHER, [PEER], [PEER], "not_demultiplexable"),
+        (Datagram.STUN, None, [], None),  # aioice answers it, from anyone, if it authenticates
+        # Before selection: only from an address that passed a check.
+        (Datagram.DTLS, None, [], "unverified_source"),
+        (Datagram.DTLS, None, [PEER], None),
+        (Datagram.RTP, None, [OTHER], "unverified_source"),
+        # Once selected: only from the selected pair, however checked the other address is.
+        (Datagram.DTLS, [PEER], [PEER, OTHER], None),
+        (Datagram.RTP, [OTHER], [PEER, OTHER], "unverified_source"),
+        (Datagram.RTP, [PEER], [], None),
+        # Selected on another of our sockets: nothing on this one.
+        (Datagram.RTP, [], [PEER], "unverified_source"),
+    ],
+)
+def test_screen_accepts_dtls_and_srtp_only_from_checked_sources(
+    kind: Datagram, selected: list[Address] | None, verified: list[Address], expected: str | None
+) -> None:
+    assert screen(kind, PEER, selected, verified) == expected
+
+
+class Collector(asyncio.DatagramProtocol):
+    """A test peer's socket: what it receives, in order."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.received.put_nowait(data)
+
+
+async def test_screened_socket_answers_stun_from_anyone_and_checks_the_source() -> None:
+    """A real screened socket on 127.0.0.1 and two peers: `peer` passes a check with an
+    authenticated Binding request, `other` never does, until it is the selected pair."""
+    loop = asyncio.get_running_loop()
+    connection = NetworkConnection(ice_controlling=False)
+    connection.network_settings = NetworkSettings(bind_addresses=("127.0.0.1",))
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    # asyncio's transport.sendto() sends nothing for b"" (selector_events.py), so the raw
+    # sockets send; the transports only receive.
+    peer_sock, other_sock = sockets
+    endpoints = [await loop.create_datagram_endpoint(Collector, sock=sock) for sock in sockets]
+    (peer_transport, peer), (other_transport, other) = endpoints
+    peer_addr = peer_sock.getsockname()
+    other_addr = other_sock.getsockname()
+    try:
+        [local] = await connection.get_component_candidates(1, [])
+        [protocol] = connection._protocols
+        assert isinstance(protocol, ScreenedProtocol)
+        target = (local.host, local.port)
+        dtls = b"\x15\xfe\xfd" + bytes(8) + b"\x00\x02\x02\x28"  # a fatal alert record
+
+        async def passed(data: bytes) -> None:
+            """`peer` sends `data`; it reaches aiortc's queue. Loopback keeps the order of
+            datagrams to one socket, so whatever was sent before it was screened by then."""
+            peer_sock.sendto(data, target)
+            assert await asyncio.wait_for(connection._queue.get(), TIMEOUT_S) == (data, 1)
+
+        def binding(integrity: bool) -> stun.Message:
+            request = stun.Message(
+                message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST
+            )
+            request.attributes["USERNAME"] = f"{connection.local_username}:peer"
+            request.attributes["PRIORITY"] = 1
+            request.attributes["ICE-CONTROLLING"] = 1
+            if integrity:
+                request.add_message_integrity(connection.local_password.encode())
+            return request
+
+        async def answer(collector: Collector) -> Any:
+            data = await asyncio.wait_for(collector.received.get(), TIMEOUT_S)
+            return stun.parse_message(data)
+
+        # Nobody has passed a check: DTLS and RTP from anyone are dropped, as are junk and
+        # the empty datagram that used to end the call (IndexError in aiortc).
+        for data in (b"", b"\xffjunk", b"\x00\x01\x00", dtls, b"\x80" + bytes(11)):
+            peer_sock.sendto(data, target)
+        # An unauthenticated Binding request is answered with an error and verifies nothing.
+        other_sock.sendto(bytes(binding(integrity=False)), target)
+        assert (await answer(other)).message_class == stun.Class.ERROR
+        # An authenticated one, from an address nobody signalled, is answered (peer-reflexive
+        # discovery, RFC 8445 section 7.3.1.3) and makes the address a checked one.
+        peer_sock.sendto(bytes(binding(integrity=True)), target)
+        response = await answer(peer)
+        assert response.message_class == stun.Class.RESPONSE
+        assert response.attributes["XOR-MAPPED-ADDRESS"] == peer_addr
+        assert list(protocol.verified) == [peer_addr]
+        await passed(dtls)
+        await passed(b"\x80" + bytes(11))
+        other_sock.sendto(dtls, target)
+        await passed(dtls)
+        assert connection.drop_counts() == {
+            "empty": 1,
+            "not_demultiplexable": 2,
+            "unverified_source": 3,
+            "queue_full": 0,
+        }
+        assert connection._queue.empty()
+
+        # `other` becomes the selected pair (as for an ICE-lite peer): from now on only it.
+        remote = Candidate(
+            foundation="other",
+            component=1,
+            transport="udp",
+            priority=1,
+            host=other_addr[0],
+            port=other_addr[1],
+            type="host",
+        )
+        await connection.add_remote_candidate(remote)
+        connection.set_selected_pair(1, local.foundation, "other")
+        assert connection.selected_sources(protocol) == (other_addr,)
+        peer_sock.sendto(dtls, target)  # checked before, but not the selected pair
+        other_sock.sendto(dtls, target)
+        assert await asyncio.wait_for(connection._queue.get(), TIMEOUT_S) == (dtls, 1)
+        assert connection.drop_counts()["unverified_source"] == 4
+    finally:
+        peer_transport.close()
+        other_transport.close()
+        await connection.close()
+
+
+async def test_verified_sources_are_bounded_oldest_first() -> None:
+    # async: aioice's StunProtocol makes a future of the running loop
+    connection = NetworkConnection(ice_controlling=False)
+    protocol = ScreenedProtocol(connection)
+    ports = range(1024, 1024 + MAX_VERIFIED_SOURCES + 4)
+    for port in ports:
+        protocol.verify(("192.0.2.1", port))
+    assert [port for _, port in protocol.verified] == list(ports[4:])  # the 4 oldest forgotten
+    protocol.verify(("192.0.2.1", ports[4]))  # checked again: the newest now
+    protocol.verify(("192.0.2.1", 2000))
+    assert len(protocol.verified) == MAX_VERIFIED_SOURCES
+    assert [port for _, port in protocol.verified][0] == ports[6]
+    assert [port for _, port in protocol.verified][-2:] == [ports[4], 2000]
+
+
+def test_drop_logs_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    connection = NetworkConnection(ice_controlling=False)
+    with caplog.at_level(logging.INFO, logger="media.network"):
+        for _ in range(100):
+            connection.count_drop("empty", PEER)
+    assert connection.drop_counts()["empty"] == 100
+    assert len(caplog.records) == 7  # 1, 2, 4, ..., 64: not one line per datagram
+    assert "192.0.2.10:5000" in caplog.records[-1].getMessage()

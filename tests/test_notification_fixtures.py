@@ -29,6 +29,17 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _rings(fixture: dict[str, Any]) -> bool:
+    """The fixture's call is an incoming one: its first notification is `created`, incoming."""
+    first = fixture["batches"][0]["value"][0]
+    data = first.get("resourceData")
+    return (
+        first.get("changeType") == "created"
+        and isinstance(data, dict)
+        and (data.get("state") == "incoming")
+    )
+
+
 def test_there_are_fixtures() -> None:
     assert len(FIXTURES) >= 20
 
@@ -51,8 +62,10 @@ async def test_fixture(
         "incoming_call",
     ):
         calls.events.on(name, lambda *args, _n=name: fired.update([_n]))
-    if fixture.get("delta_roster"):
-        calls.get_or_add(fixture["call_id"]).delta_roster = True
+    if not _rings(fixture):  # else Graph rings the bot, and its `created` adds the call
+        # The bot placed the call: its POST answer named it (notifications for calls it does
+        # not know are only held, bot/calls.py).
+        calls.get_or_add(fixture["call_id"]).delta_roster = bool(fixture.get("delta_roster"))
     token = emulator.notification_keys[0].sign(
         {"iss": "https://api.botframework.com", "aud": APP_ID, "tid": TENANT_ID}
     )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.call import Call
-from bot.calls import CallCollection
+from bot.calls import HELD_BYTES, HELD_NOTIFICATIONS, HELD_SECONDS, CallCollection
 from bot.errors import GraphError
 from bot.graph import shapes
 from bot.graph.client import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
@@ -158,6 +158,7 @@ async def test_no_handler_means_the_fallback_decides_at_once() -> None:
 
 async def test_ended_calls_are_forgotten_and_stay_forgotten() -> None:
     calls = CallCollection()
+    calls.get_or_add("c-end")  # a call the bot placed
     item = {
         "changeType": "deleted",
         "resourceUrl": "/communications/calls/c-end",
@@ -192,6 +193,7 @@ async def test_one_calls_stuck_handler_does_not_delay_another_call() -> None:
         seen.append(call.id)
 
     for call_id in ("slow", "fast"):
+        calls.get_or_add(call_id)  # calls the bot placed
         calls.apply(
             {
                 "changeType": "updated",
@@ -281,3 +283,83 @@ async def test_keepalive_404_ends_the_call_through_the_collection() -> None:
 def test_unusable_retry_after_values_fall_back_to_backoff() -> None:
     assert retry_after_seconds("nan", 1) == 2.0
     assert retry_after_seconds("inf", 0) == 1.0
+
+
+# -- notifications for calls the bot does not know (bot/calls.py, "held") ----------------------
+
+
+class _Counting(_Lifecycle):
+    def __init__(self) -> None:
+        super().__init__()
+        self.established_calls: list[str] = []
+
+    def established(self, call: Call) -> None:
+        self.established_calls.append(call.id)
+
+
+def _held_item(call_id: str, n: int) -> dict[str, object]:
+    if n % 3 == 2:
+        return {
+            "changeType": "updated",
+            "resourceUrl": f"/communications/calls/{call_id}/participants",
+            "resourceData": [{"id": f"p{n}"}],
+        }
+    return {
+        "changeType": "updated",
+        "resourceUrl": f"/communications/calls/{call_id}",
+        "resourceData": {"state": "established" if n % 3 else "establishing"},
+    }
+
+
+async def test_notifications_for_unknown_calls_are_held_within_bounds_then_expire() -> None:
+    now = [0.0]
+    lifecycle = _Counting()
+    calls = CallCollection(lifecycle=lifecycle, clock=lambda: now[0])
+    for n in range(1000):
+        calls.apply(_held_item(f"u{n}", n))
+        now[0] += 0.001
+    assert calls.calls == {} and lifecycle.established_calls == []
+    assert calls.held == 1000 and calls.held_now == HELD_NOTIFICATIONS
+    assert calls.held_dropped == 1000 - HELD_NOTIFICATIONS  # the oldest went first
+    calls.learned(calls.get_or_add("u0"))  # dropped long ago: nothing to apply
+    assert calls.held_applied == 0 and calls.calls["u0"].states_seen == []
+    now[0] += HELD_SECONDS
+    calls.expire_held()
+    assert calls.held_now == 0 and calls.held_bytes == 0
+    assert calls.held_expired == HELD_NOTIFICATIONS
+    await calls.close()
+
+
+async def test_held_notifications_are_bounded_in_bytes() -> None:
+    calls = CallCollection(clock=lambda: 0.0)
+    big = {**_held_item("big", 0), "padding": "x" * (HELD_BYTES // 3)}
+    for n in range(5):
+        calls.apply({**big, "resourceUrl": f"/communications/calls/big{n}"})
+    assert calls.held_now == 2 and calls.held_bytes <= HELD_BYTES and calls.held_dropped == 3
+    calls.apply({**big, "padding": "x" * HELD_BYTES})  # bigger than all: not held at all
+    assert calls.held_now == 0 and calls.held_dropped == 6
+    await calls.close()
+
+
+async def test_held_notifications_apply_in_order_once_the_call_is_learned() -> None:
+    """Graph's notifications for a call the bot placed, before its POST answer: held, then
+    applied in order (a duplicate once) when the answer names the call; expired ones never."""
+    now = [0.0]
+    lifecycle = _Counting()
+    calls = CallCollection(lifecycle=lifecycle, clock=lambda: now[0])
+    for n in range(3):
+        calls.apply(_held_item("mine", n))
+    calls.apply(_held_item("mine", 2))  # re-delivered
+    calls.apply(_held_item("late", 1))
+    assert calls.calls == {} and calls.held_now == 5
+    call = calls.get_or_add("mine")
+    calls.learned(call)
+    assert call.states_seen == ["establishing", "established"] and "p2" in call.participants
+    assert lifecycle.established_calls == ["mine"]
+    assert (calls.held_applied, calls.duplicates, calls.held_now) == (3, 1, 1)
+    now[0] += HELD_SECONDS
+    late = calls.get_or_add("late")
+    calls.learned(late)
+    assert late.states_seen == [] and calls.held_expired == 1
+    await calls.idle()
+    await calls.close()

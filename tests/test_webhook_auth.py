@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import ssl
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -19,7 +21,15 @@ from cryptography.hazmat.primitives import serialization
 from pytest_aiohttp import AiohttpClient
 
 from bot.calls import CallCollection
-from bot.inbound_auth import NotificationValidator
+from bot.inbound_auth import (
+    KEYS_MAX_AGE_SECONDS,
+    KEYS_REFRESH_SECONDS,
+    NEGATIVE_KID_SECONDS,
+    UNKNOWN_KID_BURST,
+    UNKNOWN_KID_REFRESH_SECONDS,
+    NotificationValidator,
+    TokenRejected,
+)
 from bot.webhook import STATS, WEBHOOK_PATH, create_app
 from emulator import Emulator
 from emulator.keys import SigningKey
@@ -123,22 +133,24 @@ async def test_forged_token_is_401_and_changes_nothing(
     client, registry, validator = webhook
     token = FORGERIES[name](emulator.notification_keys[0])
     assert await _post(client, token) == 401
-    assert registry.calls == {}
+    assert registry.calls == {} and registry.held == 0
     assert validator.rejected == 1
     assert client.app[STATS].unauthorized == 1
 
 
 async def test_valid_token_applies_the_notification(webhook: Any, emulator: Emulator) -> None:
     client, registry, _ = webhook
+    registry.get_or_add(CALL_ID)  # a call the bot placed
     assert await _post(client, _signed(emulator.notification_keys[0], _claims())) == 202
     assert registry.calls[CALL_ID].state == "established"
 
 
 async def test_expiry_inside_the_leeway_is_accepted(webhook: Any, emulator: Emulator) -> None:
     client, registry, _ = webhook
+    registry.get_or_add(CALL_ID)  # a call the bot placed
     token = _signed(emulator.notification_keys[0], _claims(exp=int(time.time()) - 120))
     assert await _post(client, token) == 202
-    assert CALL_ID in registry.calls
+    assert registry.calls[CALL_ID].state == "established"
 
 
 @pytest.mark.parametrize(
@@ -149,7 +161,7 @@ async def test_malformed_body_is_400_and_changes_nothing(
 ) -> None:
     client, registry, _ = webhook
     assert await _post(client, _signed(emulator.notification_keys[0], _claims()), body) == 400
-    assert registry.calls == {}
+    assert registry.calls == {} and registry.held == 0
 
 
 async def test_unreachable_key_endpoint_fails_closed(
@@ -164,32 +176,171 @@ async def test_unreachable_key_endpoint_fails_closed(
         registry = CallCollection()
         client = await aiohttp_client(create_app(validator, registry))
         assert await _post(client, _signed(emulator.notification_keys[0], _claims())) == 401
-        assert registry.calls == {}
+        assert registry.calls == {} and registry.held == 0
 
 
-async def test_key_refresh_is_rate_limited_whatever_the_kid(
+class FakeTime:
+    """An injected clock and sleep: time moves only when the test says, and the test can wait
+    until a given number of sleepers are asleep (the validator's schedule, a queued fetch)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.asleep = 0
+        self._tick = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        until = self.now + seconds
+        self._count(+1)
+        try:
+            while self.now < until:
+                await self._tick.wait()
+        finally:
+            self._count(-1)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    async def sleepers(self, count: int, within: float = 5.0) -> None:
+        async with asyncio.timeout(within):
+            while self.asleep != count:
+                self._changed = asyncio.Event()
+                await self._changed.wait()
+
+    def _count(self, change: int) -> None:
+        self.asleep += change
+        self._changed.set()
+
+
+@pytest.fixture
+async def timed(
     emulator: Emulator, client_ssl: ssl.SSLContext, aiohttp_client: AiohttpClient
-) -> None:
-    now = [1000.0]
+) -> AsyncIterator[tuple[Any, NotificationValidator, FakeTime]]:
+    """The webhook with a validator on fake time, keys fetched at start-up, its schedule
+    asleep."""
+    clock = FakeTime()
     async with aiohttp.ClientSession() as session:
         validator = NotificationValidator(
             APP_ID,
             f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration",
             session,
             client_ssl,
-            clock=lambda: now[0],
+            clock=clock,
+            sleep=clock.sleep,
         )
         client = await aiohttp_client(create_app(validator, CallCollection()))
-        key = emulator.notification_keys[0]
-        assert await _post(client, _signed(key, _claims())) == 202
-        for _ in range(5):  # forged kids inside the minute: no fetch at all
-            assert await _post(client, _signed(SigningKey(), _claims())) == 401
+        await validator.prefetch()
+        await clock.sleepers(1)  # the scheduled refresh, 2 h away
         assert emulator.hits["GET /v1/keys"] == 1
-        now[0] += 61
-        for _ in range(5):  # past the minute: one fetch for all of them
-            assert await _post(client, _signed(SigningKey(), _claims())) == 401
-        assert emulator.hits["GET /v1/keys"] == 2
-        assert await _post(client, _signed(key, _claims())) == 202
-        now[0] += 2 * 3600 + 1  # keys past their age are refreshed before use
-        assert await _post(client, _signed(key, _claims())) == 202
-        assert emulator.hits["GET /v1/keys"] == 3
+        yield client, validator, clock
+
+
+FORGER = SigningKey()  # a key nobody published (made once: RSA key generation is slow)
+
+
+def _forged() -> str:
+    return _signed(FORGER, _claims(), kid=uuid.uuid4().hex)  # under a kid never seen
+
+
+async def test_unknown_kids_get_a_burst_then_one_fetch_per_interval(
+    timed: Any, emulator: Emulator
+) -> None:
+    client, validator, clock = timed
+    forged = [_forged() for _ in range(UNKNOWN_KID_BURST)]
+    for token in forged:  # the burst: each looked for at once
+        assert await _post(client, token) == 401
+    assert emulator.hits["GET /v1/keys"] == 1 + UNKNOWN_KID_BURST
+    for token in forged:  # looked for already: refused at once, no fetch
+        assert await _post(client, token) == 401
+    assert emulator.hits["GET /v1/keys"] == 1 + UNKNOWN_KID_BURST
+    assert validator.negative_hits == UNKNOWN_KID_BURST
+    late = asyncio.ensure_future(_post(client, _forged()))  # the bucket is empty: it waits
+    await clock.sleepers(2)
+    assert not late.done() and emulator.hits["GET /v1/keys"] == 1 + UNKNOWN_KID_BURST
+    clock.advance(UNKNOWN_KID_REFRESH_SECONDS)
+    assert await asyncio.wait_for(late, 5) == 401
+    assert emulator.hits["GET /v1/keys"] == 2 + UNKNOWN_KID_BURST
+    assert await _post(client, _signed(emulator.notification_keys[0], _claims())) == 202
+    clock.advance(NEGATIVE_KID_SECONDS + UNKNOWN_KID_REFRESH_SECONDS)  # forgotten, tokens back
+    assert await _post(client, forged[0]) == 401
+    assert emulator.hits["GET /v1/keys"] == 3 + UNKNOWN_KID_BURST
+
+
+async def test_a_flood_of_forged_kids_costs_one_fetch_and_a_rotation_still_gets_in(
+    timed: Any, emulator: Emulator
+) -> None:
+    """1,000 distinct forged kids at once share one fetch; with the bucket then emptied by
+    more of them, Graph's new key waits for the next fetch (one interval) and is accepted."""
+    client, validator, clock = timed
+    flood = [validator.validate(f"Bearer {_forged()}") for _ in range(1000)]
+    results = await asyncio.gather(*flood, return_exceptions=True)
+    assert all(isinstance(r, TokenRejected) and r.reason == "unknown_key" for r in results)
+    assert emulator.hits["GET /v1/keys"] == 2
+    for _ in range(UNKNOWN_KID_BURST - 1):  # the rest of the burst, used up by forgers
+        assert await _post(client, _forged()) == 401
+    assert emulator.hits["GET /v1/keys"] == 1 + UNKNOWN_KID_BURST
+    rotated = SigningKey()
+    emulator.notification_keys.insert(0, rotated)  # Graph rotates its key
+    genuine = asyncio.ensure_future(_post(client, _signed(rotated, _claims())))
+    await clock.sleepers(2)  # it waits for the next fetch
+    assert not genuine.done()
+
+    async def advance() -> None:
+        clock.advance(UNKNOWN_KID_REFRESH_SECONDS)
+
+    # More forgers join the same fetch (tasks start in order: each has joined it before the
+    # clock moves).
+    more = [validator.validate(f"Bearer {_forged()}") for _ in range(50)]
+    after = await asyncio.wait_for(asyncio.gather(*more, advance(), return_exceptions=True), 5)
+    assert all(isinstance(r, TokenRejected) for r in after[:-1])
+    assert await asyncio.wait_for(genuine, 5) == 202
+    assert emulator.hits["GET /v1/keys"] == 2 + UNKNOWN_KID_BURST
+
+
+async def test_an_outsized_kid_is_refused_without_a_fetch(timed: Any, emulator: Emulator) -> None:
+    client, validator, _ = timed
+    assert await _post(client, _signed(FORGER, _claims(), kid="k" * 4000)) == 401
+    assert emulator.hits["GET /v1/keys"] == 1 and validator.negative_hits == 0
+
+
+async def test_the_scheduled_refresh_picks_up_a_rotation_without_any_request(
+    timed: Any, emulator: Emulator
+) -> None:
+    client, validator, clock = timed
+    rotated = SigningKey()
+    emulator.notification_keys.insert(0, rotated)
+    clock.advance(KEYS_REFRESH_SECONDS)
+    await clock.sleepers(0)  # awake: fetching
+    await clock.sleepers(1)  # asleep again, until the next refresh
+    assert emulator.hits["GET /v1/keys"] == 2 and validator.scheduled == 1
+    assert await _post(client, _signed(rotated, _claims())) == 202
+    assert emulator.hits["GET /v1/keys"] == 2 and validator.refreshes == 0
+
+
+async def test_keys_nobody_could_refresh_are_dropped(
+    client_ssl: ssl.SSLContext, emulator: Emulator, aiohttp_client: AiohttpClient
+) -> None:
+    """Fail closed: once the key endpoint has not answered for KEYS_MAX_AGE_SECONDS, even
+    Graph's known key is refused."""
+    clock = FakeTime()
+    async with aiohttp.ClientSession() as session:
+        validator = NotificationValidator(
+            APP_ID,
+            f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration",
+            session,
+            client_ssl,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        client = await aiohttp_client(create_app(validator, CallCollection()))
+        await validator.prefetch()
+        token = _signed(emulator.notification_keys[0], _claims())
+        assert await _post(client, token) == 202
+        await emulator.stop()  # the key endpoint goes away
+        clock.advance(KEYS_MAX_AGE_SECONDS + 1)
+        assert await _post(client, token) == 401

@@ -44,6 +44,7 @@ import re
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from media import safe_json
 from media.audio_socket import AudioSocket
 from media.clock import TICKS_PER_SECOND, FakeClock
 from media.frames import (
@@ -67,6 +69,7 @@ from media.pipeline.hotloop import TICK_SECONDS, HotLoop, HotLoopStats
 from media.pipeline.mixer import saturate
 from media.pipeline.processor import Processor, ProcessorContext, close_processors
 from media.pipeline.vad import VadSettings
+from media.unmixed import MAX_STREAMS
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,15 @@ DEFAULT_MAX_FRAMES = 3000  # 60 s of 20 ms frames: under 10 MB of PCM even with 
 # speech segment has closed and every speaker has been forgotten (vad.py FORGET_FRAMES), so
 # more idle ticks would change nothing but the replay's cost.
 MAX_GAP_TICKS = 3000
+# What load() reads, checked before anything is decompressed (a small npz can declare huge
+# arrays: a 1 MB file of zeros inflates to 1 GB). The recorder's longest fixture is an hour
+# (fixture_recorder_factory); a whole fixture is at most MAX_LOAD_BYTES in memory unless the
+# caller allows more.
+MAX_LOAD_FRAMES = 3600 * 1000 // AUDIO_FRAME_MS
+MAX_LOAD_BYTES = 256 * 1024 * 1024  # 35 minutes of mixed audio; a 60 s fixture is under 10 MB
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_SPEAKERS = 15  # active speakers per frame: the RTP CSRC count is 4 bits (RFC 3550 5.1)
+MAX_MSI = 0xFFFFFFFF
 
 Script = Mapping[int, Sequence[tuple[float, float]]]
 
@@ -189,7 +201,8 @@ def _parse_script(raw: object, path: Path) -> dict[int, tuple[tuple[float, float
         raise FixtureError(path, "script must map MSIs to [[start, end], ...] lists")
     script = {}
     for key, spans in raw.items():
-        if not str(key).isdigit():
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+        if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= MAX_MSI):
             raise FixtureError(path, f"script key {key!r} is not an MSI")
         parsed = []
         for span in spans if isinstance(spans, list) else [spans]:
@@ -439,51 +452,137 @@ def fixture_recorder_factory(ctx: ProcessorContext) -> FrameFixtureRecorder:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def load(directory: Path | str) -> FrameFixture:
-    """Read a fixture. Raises FixtureError naming the file and what is wrong with it."""
+def load(directory: Path | str, max_bytes: int = MAX_LOAD_BYTES) -> FrameFixture:
+    """Read a fixture. Raises FixtureError naming the file and what is wrong with it.
+
+    Bounded: the manifest's size, its frame count, and every array's declared shape and type
+    (read from the npy headers, numpy.lib.format's documented layout) are checked
+    before any array is decompressed, and all of them together may take at most `max_bytes`."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     try:
-        raw = json.loads(manifest_path.read_text())
+        with manifest_path.open("rb") as file:
+            text = file.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise FixtureError(manifest_path, "missing: not a frames fixture directory") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise FixtureError(manifest_path, f"unreadable: {exc}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise FixtureError(manifest_path, f"over {MAX_MANIFEST_BYTES} bytes")
+    try:
+        raw = safe_json.loads(text)
+    except safe_json.JsonRefused as exc:
         raise FixtureError(manifest_path, f"unreadable: {exc}") from None
     manifest = FrameManifest.from_json(raw, manifest_path)
+    if manifest.frames > MAX_LOAD_FRAMES:
+        raise FixtureError(
+            manifest_path, f"frames is {manifest.frames}, at most {MAX_LOAD_FRAMES} (an hour)"
+        )
     media_path = directory / MEDIA
     try:
-        with np.load(media_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = _read_media(media_path, manifest, max_bytes)
     except FileNotFoundError:
         raise FixtureError(media_path, "missing") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, FixtureError):
+            raise
         raise FixtureError(media_path, f"unreadable: {exc}") from None
     _check_arrays(arrays, manifest, media_path)
     return FrameFixture(_frames(arrays, manifest), manifest, directory)
 
 
-def _check_arrays(arrays: dict[str, npt.NDArray[Any]], manifest: FrameManifest, path: Path) -> None:
+def _read_media(path: Path, manifest: FrameManifest, max_bytes: int) -> dict[str, Any]:
+    """The arrays of frames.npz, each read only once every header has been checked."""
+    with zipfile.ZipFile(path) as archive:
+        members: dict[str, zipfile.ZipInfo] = {}
+        declared: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):  # np.savez names them "name.npy"
+                raise FixtureError(path, f"{info.filename!r} is not an array")
+            name = info.filename.removesuffix(".npy")
+            if name in members:
+                raise FixtureError(path, f"array {name} is stored twice")
+            members[name] = info
+            if name not in FORMAT_ARRAYS:
+                continue  # refused by name below, never read
+            if info.flag_bits & 0x1 or info.compress_type not in (
+                zipfile.ZIP_STORED,
+                zipfile.ZIP_DEFLATED,  # what savez_compressed writes
+            ):
+                raise FixtureError(path, f"array {name} is encrypted or compressed unusually")
+            with archive.open(info) as member:
+                declared[name] = _npy_header(member)
+        _check_layout({n: declared.get(n) for n in members}, manifest, path)
+        total = sum(dtype.itemsize * math.prod(shape) for dtype, shape in declared.values())
+        if total > max_bytes:
+            raise FixtureError(
+                path, f"its arrays take {total} bytes, more than the {max_bytes} allowed"
+            )
+        arrays = {}
+        for name, info in members.items():
+            with archive.open(info) as member:
+                arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
+def _npy_header(member: Any) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"npy format version {version} (savez writes 1.0)")
+    return dtype, tuple(shape)
+
+
+def _check_layout(
+    declared: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]] | None],
+    manifest: FrameManifest,
+    path: Path,
+) -> None:
+    """The arrays' names, types and shapes against the manifest, from their headers."""
     unmixed = manifest.mode == UNMIXED_MODE
     required = set(_FRAME_ARRAYS) | (set(_BUFFER_ARRAYS) if unmixed else {"pcm"})
     allowed = required | {"pcm"}
-    missing, unknown = sorted(required - set(arrays)), sorted(set(arrays) - allowed)
+    missing, unknown = sorted(required - set(declared)), sorted(set(declared) - allowed)
     if missing:
         raise FixtureError(path, f"missing array(s) {', '.join(missing)} ({manifest.mode} mode)")
     if unknown:
         raise FixtureError(path, f"unexpected array(s) {', '.join(unknown)} ({manifest.mode} mode)")
-    sizes = {"N": manifest.frames, "320": AUDIO_FRAME_SAMPLES}
+    layout = {n: d for n, d in declared.items() if d is not None}
+    speakers = layout["active_speakers"][1]
+    sizes = {
+        "N": manifest.frames,
+        "320": AUDIO_FRAME_SAMPLES,
+        "K": speakers[-1] if len(speakers) == 2 else -1,
+    }
+    if sizes["K"] > MAX_SPEAKERS:
+        raise FixtureError(
+            path, f"active_speakers has {sizes['K']} columns, at most {MAX_SPEAKERS}"
+        )
     if unmixed:
-        sizes["M"] = len(arrays["buffer_frame"])
-    sizes["K"] = arrays["active_speakers"].shape[-1] if arrays["active_speakers"].ndim else -1
-    for name, array in arrays.items():
-        dtype, dims = FORMAT_ARRAYS[name]
+        owners = layout["buffer_frame"][1]
+        sizes["M"] = owners[0] if len(owners) == 1 else -1
+        if sizes["M"] > manifest.frames * MAX_STREAMS:
+            raise FixtureError(
+                path, f"{sizes['M']} buffers for {manifest.frames} frames of {MAX_STREAMS} streams"
+            )
+    for name, (dtype, actual) in layout.items():
+        want, dims = FORMAT_ARRAYS[name]
         shape = tuple(sizes[d] for d in dims.split(","))
-        if array.dtype != np.dtype(dtype) or array.shape != shape:
+        if dtype != np.dtype(want) or actual != shape:
             raise FixtureError(
                 path,
-                f"array {name} is {array.dtype} {array.shape}, expected {dtype} {shape} "
+                f"array {name} is {dtype} {actual}, expected {want} {shape} "
                 f"(N = {manifest.frames} frames from the manifest)",
             )
+
+
+def _check_arrays(arrays: dict[str, npt.NDArray[Any]], manifest: FrameManifest, path: Path) -> None:
+    """What the headers cannot tell: the values."""
+    _check_layout({n: (a.dtype, a.shape) for n, a in arrays.items()}, manifest, path)
+    unmixed = manifest.mode == UNMIXED_MODE
     if unmixed:
         owner = arrays["buffer_frame"]
         if owner.size and (owner.min() < 0 or owner.max() >= manifest.frames):
