@@ -28,8 +28,7 @@ import pytest
 from bot.devcerts import DevCerts
 from emulator import Emulator
 from emulator.login import NOTIFICATION_ISSUER
-from media.clock import FakeClock
-from media.listener import (
+from media.admission import (
     AuthFailures,
     ConnectionTable,
     FileBudget,
@@ -37,8 +36,9 @@ from media.listener import (
     Refusals,
     State,
     address_key,
-    harden_tls,
 )
+from media.clock import FakeClock
+from media.listener import harden_tls
 from tests.cli import clean_env, settings_env
 from tests.conftest import APP_ID, TENANT_ID, settings_for
 
