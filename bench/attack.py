@@ -36,6 +36,15 @@ Phases, in order (the flood last: it may leave the bot unusable):
    its name (bot.settings.Settings.model_fields) gets --idle-timeout; none: the bot's own
    behaviour, measured at the same time.
 
+The brute force's effect on the call depends on the CPU left over: on a tree without a rate
+limit the bot spends about 40 % of a core on the hellos, and the call's echo holds on an idle
+machine but collapsed (r 0.19-0.43) when other work kept the machine busy. Each figure comes
+with the bot's and the machine's CPU over its window (bot_cpu_percent, machine_busy_percent).
+
+Also: --only PHASES runs some phases; --bot-nofile 1024 gives the bot a service's usual file
+limit (asyncio's accept error then spins at the limit); --flood-sources N spreads the flood
+over N attacker addresses (per-address caps do not stop a distributed attacker).
+
 Prints progress on stderr and one JSON object as the last line of stdout, with the six figures,
 their goals (goal, meets_goals), the baselines and ratios, and each phase's detail. --quick
 (under a minute): 200 idle, 50 slowloris, 3 spray joins, 4 s echo windows, 5 s idle timeout.
@@ -162,12 +171,28 @@ def free_udp_range(size: int) -> int:
     raise RuntimeError(f"no {size} consecutive free UDP ports on {MEDIA_HOST}")
 
 
+def settings_fields() -> set[str]:
+    """The names Settings takes: pydantic fields, or an older tree's dataclass fields."""
+    model_fields = getattr(Settings, "model_fields", None)
+    if model_fields is not None:
+        return set(model_fields)
+    return {f.name for f in fields(Settings)}
+
+
+def with_setting(settings: Settings, **changes: Any) -> Settings:
+    replace_method = getattr(settings, "replace", None)
+    if replace_method is not None:
+        changed: Settings = replace_method(**changes)
+        return changed
+    return replace(settings, **changes)
+
+
 def listener_overrides(timeout: float) -> dict[str, float]:
     """The tree's listener timeouts that an idle or slowloris connection meets: every
     `listener_*` setting with `idle` or `header` in its name, set to `timeout`."""
     return {
         name: timeout
-        for name in Settings.model_fields
+        for name in settings_fields()
         if name.startswith("listener_") and ("idle" in name or "header" in name)
     }
 
@@ -195,20 +220,19 @@ class Rig:
         }
         # An older tree lacks some settings (media_host_addresses came with issue 13): its bot
         # gathers on every interface (aioice's discovery), where the UDP attacks then go.
-        self.missing_settings = sorted(set(wanted_settings) - set(Settings.model_fields))
-        settings = Settings(
-            **{k: v for k, v in wanted_settings.items() if k in Settings.model_fields}
-        )
+        known = settings_fields()
+        self.missing_settings = sorted(set(wanted_settings) - known)
+        settings = Settings(**{k: v for k, v in wanted_settings.items() if k in known})
         self.media_addresses: tuple[str, ...] = (
             (MEDIA_HOST,)
-            if "media_host_addresses" in Settings.model_fields
+            if "media_host_addresses" in known
             else tuple(get_host_addresses(use_ipv4=True, use_ipv6=True))
         )
         self.overrides: dict[str, float] = {}
         wanted = listener_overrides(plan.idle_timeout)
         for name, value in wanted.items():
             try:
-                settings = settings.replace(**{name: value})
+                settings = with_setting(settings, **{name: value})
                 self.overrides[name] = value
             except SettingsError as exc:
                 log(f"setting {name}={value} refused ({exc}); the bot's default stays")
@@ -233,7 +257,8 @@ class Rig:
         )
         started = self.emulator.reply("start", 60.0)
         base = started["base"]
-        settings = settings.replace(
+        settings = with_setting(
+            settings,
             graph_url=f"{base}/v1.0",
             authority_url=base,
             notification_openid_url=f"{base}/v1/.well-known/OpenIdConfiguration",

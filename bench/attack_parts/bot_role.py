@@ -80,7 +80,7 @@ async def _main(conn: Connection, settings: Settings, join_url: str, handler: Ca
         )
         await serve_pipe(conn, handle)
     finally:
-        await bot.stop(timeout_seconds=10.0)
+        await bot.stop()  # leaves every call (shutdown_timeout_seconds), then shuts down
         handler.close()
     try:
         conn.send(("ok", None))
