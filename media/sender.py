@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 # talkspurt), so steady 50 fps output stays contiguous despite scheduling jitter.
 ALLOWANCE_SLOTS = 3
 EARLY_SECONDS = 0.002  # a slot may go this much before its due time (timer granularity)
+# The application hands over frames in real time (one per hot-loop tick), so frames that stay
+# queued behind the one being sent for this many slots in a row are a standing queue (a
+# stalled loop or bunched arrivals left a backlog that pacing alone keeps forever), not a
+# burst still being spread: the surplus goes out at once. CoDel's rule (RFC 8289 section
+# 3.2): act on the minimum queue over an interval, so a transient burst is left alone.
+STANDING_QUEUE_SLOTS = 50  # 1 s of 20 ms slots
 
 
 class ParkedTrack(MediaStreamTrack):
@@ -54,6 +60,27 @@ class ParkedTrack(MediaStreamTrack):
     async def recv(self) -> Any:
         await asyncio.get_running_loop().create_future()  # cancelled when the sender stops
         raise MediaStreamError  # pragma: no cover - the future never completes
+
+
+class StandingQueue:
+    """Counts slots, not time: how many frames to send at once because they have stood in the
+    send ring for STANDING_QUEUE_SLOTS slots in a row (the minimum depth over that run, less the
+    frame a slot takes)."""
+
+    def __init__(self, window_slots: int = STANDING_QUEUE_SLOTS) -> None:
+        self._window = window_slots
+        self._slots = 0
+        self._min_depth: int | None = None
+
+    def observe(self, depth: int) -> int:
+        """The ring's depth when a slot takes its frame; returns the surplus to send now."""
+        self._min_depth = depth if self._min_depth is None else min(self._min_depth, depth)
+        self._slots += 1
+        if self._slots < self._window:
+            return 0
+        surplus = max(0, self._min_depth - 1)
+        self._slots, self._min_depth = 0, None
+        return surplus
 
 
 class SendTimeline:
@@ -85,6 +112,7 @@ class SendStats:
     talkspurts: int = 0
     encode_errors: int = 0
     send_errors: int = 0
+    caught_up: int = 0  # frames sent without waiting for their slot: a standing queue's surplus
 
 
 class AudioSender:
@@ -106,6 +134,8 @@ class AudioSender:
         self._encoder = OpusEncoder()
         self._tones = dtmf.ToneSender()
         self._timeline = SendTimeline()
+        self._standing = StandingQueue()
+        self._catch_up = 0  # frames still to send at once (StandingQueue)
         self._wake = asyncio.Event()
         self._armed = False
         self._task: asyncio.Task[None] | None = None
@@ -187,6 +217,11 @@ class AudioSender:
 
     async def _pace(self) -> None:
         now = self._clock.now()
+        if self._catch_up and not self._tones.busy:
+            self._catch_up -= 1
+            self.stats.caught_up += 1
+            self._next_due = now + AUDIO_FRAME_SECONDS
+            return
         if self._next_due is None or now > self._next_due + ALLOWANCE_SLOTS * AUDIO_FRAME_SECONDS:
             self._next_due = now  # the application was late or quiet: restart the pace here
         elif now < self._next_due - EARLY_SECONDS:
@@ -199,8 +234,11 @@ class AudioSender:
         index, talkspurt = self._timeline.next(self._clock.now())
         timestamp = (self._origin + index * RTP_TICKS_PER_FRAME) & 0xFFFFFFFF
         event = self._tones.next_slot(RTP_TICKS_PER_FRAME) if self._tones.busy else None
+        if event is None:
+            self._catch_up += self._standing.observe(len(self._ring))
         frame = self._ring.pop()
         if event is not None:
+            self._catch_up = 0  # a tone holds its slots in real time; its frames are replaced
             if frame is not None:
                 self.stats.replaced_by_dtmf += 1
             if event.first:

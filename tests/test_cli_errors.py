@@ -128,6 +128,16 @@ def mistakes(certs: DevCerts, other: DevCerts, port: int) -> list[Mistake]:
             ("BOT_NOTIFICATION_LEEWAY_SECONDS='inf'", "finite"),
         ),
         Mistake(
+            "negative leeway",
+            {"BOT_NOTIFICATION_LEEWAY_SECONDS": "-5"},
+            ("BOT_NOTIFICATION_LEEWAY_SECONDS='-5'", "greater than or equal to 0"),
+        ),
+        Mistake(
+            "a tenant that is not a GUID",
+            {"BOT_ALLOWED_TENANTS": "contoso"},
+            ("BOT_ALLOWED_TENANTS=", "contoso"),
+        ),
+        Mistake(
             "empty secret is shown as ***",
             {"BOT_APP_SECRET": ""},
             ("BOT_APP_SECRET=***", "must not be empty"),

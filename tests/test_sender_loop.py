@@ -4,6 +4,8 @@ uses (the transceiver: negotiated codecs, mid, sender SSRC, transport._send_rtp)
 from __future__ import annotations
 
 import asyncio
+import selectors
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,3 +124,90 @@ async def test_tones_need_telephone_event_negotiated() -> None:
     assert not sender.dtmf_negotiated
     with pytest.raises(dtmf.DtmfError, match="telephone-event"):
         sender.send_tones("1")
+
+
+class JumpingSelector(selectors.DefaultSelector):
+    """When nothing is ready, time jumps to the loop's next timer instead of waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.virtual = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if not ready and timeout:
+            self.virtual += timeout
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time, so paced sending runs deterministically and at once."""
+
+    def __init__(self) -> None:
+        self._jumping = JumpingSelector()
+        super().__init__(self._jumping)
+
+    def time(self) -> float:
+        return self._jumping.virtual
+
+
+class LoopClock:
+    """The loop's (virtual) time as the sender's Clock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def wait_until(self, deadline: float, stop: Any) -> bool:  # pragma: no cover - unused
+        raise NotImplementedError
+
+
+class InlineExecutor(Executor):
+    """Encodes on the calling thread: no thread finishes while virtual time jumps."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_a_backlog_left_by_a_stall_does_not_stay_as_standing_delay() -> None:
+    # After a stall, 5 frames wait at once, and the application goes on handing over one
+    # frame per 20 ms (the hot loop's ticks). Pacing alone keeps the 4 extra frames queued
+    # forever: every frame after them would go out 80 ms late (bench/attack.py measured the
+    # live call's echo delay stepping from ~95 ms to ~175 ms and staying there).
+    loop = VirtualTimeLoop()
+    try:
+        sojourns, stats = loop.run_until_complete(_stall_then_real_time(loop))
+    finally:
+        loop.close()
+    assert max(sojourns[:50]) >= 0.079  # the backlog waits at first: a burst is paced
+    assert max(sojourns[-100:]) <= 0.001  # and is gone about a second later
+    assert stats.caught_up == 4  # the 4 frames that stood, once
+
+
+async def _stall_then_real_time(loop: asyncio.AbstractEventLoop) -> tuple[list[float], Any]:
+    ring: Ring[AudioFrame] = Ring(16)
+    transport = FakeTransport(wanted=200)
+    sender = AudioSender(ring, loop, LoopClock(loop), executor=InlineExecutor())
+    sender.bind(FakeTransceiver(transport))  # type: ignore[arg-type]
+    pushed: list[float] = []
+    t0 = loop.time()
+
+    def push(k: int) -> None:
+        pushed.append(loop.time())
+        ring.push(frame())
+        if k < 200:
+            loop.call_at(t0 + (k + 1 - 4) * 0.020, push, k + 1)
+
+    for _ in range(4):
+        pushed.append(t0)
+        ring.push(frame())
+    push(4)
+    sender.start()
+    await asyncio.wait_for(transport.arrived.wait(), 60)  # virtual seconds
+    await sender.stop()
+    sent = [t for t, _ in transport.sent]
+    return [s - p for s, p in zip(sent, pushed, strict=False)], sender.stats
