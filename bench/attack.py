@@ -86,7 +86,7 @@ from attack_parts.floods import (  # noqa: E402
     post_notifications,
     udp_empty,
 )
-from attack_parts.pipe import Worker, WorkerError  # noqa: E402
+from worker_pipe import Worker, WorkerError  # noqa: E402
 
 from bot.devcerts import make_dev_certs  # noqa: E402
 from bot.settings import Settings, SettingsError  # noqa: E402

@@ -59,9 +59,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,9 @@ from capacity_parts.workers import (  # noqa: E402
     WORST_RATE_SHARE,
     bot_role,
     emulator_role,
-    log,
     worker_logging,
 )
+from worker_pipe import Worker, WorkerError  # noqa: E402
 
 from bot.devcerts import make_dev_certs  # noqa: E402
 from bot.settings import Settings  # noqa: E402
@@ -92,63 +91,6 @@ from emulator.server import AppRegistration  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GOAL = {"ratio_at_most": 0.5, "max_realtime_calls_at_least": 60}
-
-
-class WorkerError(Exception):
-    """A worker process failed a request, died, or did not answer in time."""
-
-
-class Worker:
-    """A child process with a request/reply pipe."""
-
-    def __init__(
-        self, ctx: SpawnContext, name: str, target: Callable[..., None], *args: Any
-    ) -> None:
-        self.name = name
-        self.conn, child = ctx.Pipe()
-        self.process: SpawnProcess = ctx.Process(
-            target=target, args=(child, *args), name=name, daemon=True
-        )
-        self.process.start()
-        child.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.process.pid is not None
-        return self.process.pid
-
-    def reply(self, what: str, timeout: float) -> Any:
-        try:
-            if not self.conn.poll(timeout):
-                raise WorkerError(f"{self.name}: no answer to {what} within {timeout:g} s")
-            status, value = self.conn.recv()
-        except (EOFError, OSError) as exc:
-            raise WorkerError(f"{self.name} exited (exit code {self.process.exitcode})") from exc
-        if status != "ok":
-            raise WorkerError(f"{self.name}: {what}: {value}")
-        return value
-
-    def ask(self, *message: Any, timeout: float = ANSWER_SECONDS) -> Any:
-        try:
-            self.conn.send(message)
-        except OSError as exc:
-            raise WorkerError(f"{self.name} exited (exit code {self.process.exitcode})") from exc
-        return self.reply(str(message[0]), timeout)
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            try:
-                self.ask("stop", timeout=ANSWER_SECONDS)
-            except WorkerError as exc:
-                log.warning("%s did not stop cleanly: %s", self.name, exc)
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        self.conn.close()
 
 
 def cpu_seconds(path: str) -> float:
