@@ -81,7 +81,7 @@ from capacity_parts.workers import (  # noqa: E402
     emulator_role,
     worker_logging,
 )
-from worker_pipe import Worker, WorkerError  # noqa: E402
+from common_parts.worker_pipe import Worker, WorkerError  # noqa: E402
 
 from bot.devcerts import make_dev_certs  # noqa: E402
 from bot.settings import Settings  # noqa: E402

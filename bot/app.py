@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import gc
 import logging
 import ssl
@@ -24,7 +23,9 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
-from bot.call import Call, CallEndedError, DecisionError
+from bot import leaving
+from bot.call import Call
+from bot.call_requests import describe_request, meeting_body
 from bot.calls import CallCollection
 from bot.errors import GraphError
 from bot.graph import shapes
@@ -33,12 +34,13 @@ from bot.graph.client import GraphClient, Sleep
 from bot.inbound_auth import NotificationValidator
 from bot.join_url import JoinInfo, parse_join_url
 from bot.keepalive import KeepAlive
-from bot.participants import describe_identity
+from bot.media_events import MediaEvents
 from bot.pipeline import by_session, event_name, log_event
+from bot.recording import CallRecording
 from bot.settings import Settings, SettingsError
+from bot.startup import bind_error, host_port
 from bot.webhook import STATS, WEBHOOK_PATH, WebhookStats, create_app
 from media import MediaPlatform, MediaPlatformSettings
-from media.clock import to_ticks
 from media.listener import serve
 from media.pipeline import plugins
 from media.pipeline.events import PipelineEvent, RecorderFailed, SpeechStarted
@@ -83,6 +85,12 @@ class Bot:
             window_scale=window_scale,
             reconcile_seconds=settings.state_reconcile_seconds,
         )
+        self._media_feed = MediaEvents(
+            self.calls,
+            lambda: self._stopping,
+            settings.media_lost_timeout_seconds,
+            MEDIA_EVENT_HISTORY,
+        )
         self.keepalive = keepalive or KeepAlive()
         if self.keepalive.on_gone is None:
             self.keepalive.on_gone = self.calls.end
@@ -105,20 +113,17 @@ class Bot:
             on_pipeline_events=self._pipeline_events_threadsafe,
             vad=settings.vad(),
         )
+        self.recording = CallRecording(self.media, lambda: self.admitting, self._spawn)
         # Recent media-session events, for status and diagnostics (bounded: a service runs long).
-        self.media_events: deque[MediaEvent] = deque(maxlen=MEDIA_EVENT_HISTORY)
-        self._media_waiters: list[
-            tuple[Callable[[MediaEvent], bool], asyncio.Future[MediaEvent]]
-        ] = []
+        self.media_events: deque[MediaEvent] = self._media_feed.history
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._media_lost: dict[str, asyncio.Task[None]] = {}  # call id -> its media-lost watch
-        self._stopping = False
+        self._stopping: bool = False
         # False once stop() began: incoming calls are rejected (busy), join/create refuse.
-        self.admitting = True
+        self.admitting: bool = True
         self._graph: GraphClient | None = None
         self.validator: NotificationValidator | None = None
         self.callback_url = ""
@@ -182,7 +187,7 @@ class Bot:
         except MediaPlatformError as exc:
             if isinstance(exc.__cause__, OSError):
                 raise SettingsError(
-                    _bind_error(
+                    bind_error(
                         "BOT_INSTANCE_INTERNAL_PORT",
                         s.media_bind_host,
                         s.instance_internal_port,
@@ -206,19 +211,19 @@ class Bot:
             )
         except OSError as exc:
             raise SettingsError(
-                _bind_error("BOT_WEBHOOK_PORT", s.webhook_host, s.webhook_port, exc)
+                bind_error("BOT_WEBHOOK_PORT", s.webhook_host, s.webhook_port, exc)
             ) from exc
         port = int(self._runner.addresses[0][1])
         self.callback_url = s.callback_url or f"https://{s.service_fqdn}:{port}{WEBHOOK_PATH}"
         logger.info(
             "Bot webhook listening on %s, callback URL %s",
-            ", ".join(_host_port(a[0], a[1]) for a in self._runner.addresses),
+            ", ".join(host_port(a[0], a[1]) for a in self._runner.addresses),
             self.callback_url,
         )
         net = self.media.network
         logger.info(
             "Bot media control listening on %s (%s); media UDP ports %s on %s%s",
-            _host_port(s.media_bind_host, self.media.bound_port),
+            host_port(s.media_bind_host, self.media.bound_port),
             self.media.mp_uri_base,
             "any" if net.port_min is None else f"{net.port_min}-{net.port_max}",
             ", ".join(net.bind_addresses or ()) or "discovered addresses",
@@ -250,7 +255,9 @@ class Bot:
                 if timeout_seconds is None
                 else timeout_seconds
             )
-            left = await self._leave_all(timeout)
+            left = await leaving.leave_all(
+                self.calls, timeout, self.settings.shutdown_timeout_seconds
+            )
         self._stopping = True  # sessions closed by the shutdown are not media lost
         if self.settings.gc_freeze:
             gc.unfreeze()  # what start() froze can be collected again once the bot is gone
@@ -258,10 +265,7 @@ class Bot:
             await self._runner.cleanup()
             self._runner = None
         await self.keepalive.close()
-        watches = list(self._media_lost.values())
-        for watch in watches:
-            watch.cancel()
-        await asyncio.gather(*watches, return_exceptions=True)
+        await self._media_feed.close()
         await self.calls.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self.media.stop)
@@ -273,52 +277,7 @@ class Bot:
     def calls_left_up(self) -> list[str]:
         """`id (state)` of every call Graph may still hold for this bot: what an immediate
         exit would leave up."""
-        return [
-            f"{call.id} ({call.state})"
-            for call in self.calls.calls.values()
-            if call.state not in ("terminated", "")
-        ]
-
-    async def _leave_all(self, timeout_seconds: float) -> list[str]:
-        """Every call the bot is in, in parallel: recording stopped and its status set,
-        then DELETE, then Graph's `terminated` notification; an undecided incoming call is
-        rejected. Waits at most timeout_seconds in all (the webhook is still up to hear
-        Graph's answers)."""
-        calls = [c for c in self.calls.calls.values() if c.state not in ("terminated", "")]
-        if not calls:
-            return []
-        logger.info("Bot stopping: leaving %d call(s)", len(calls))
-        leaving = [
-            asyncio.create_task(self._leave(call), name=f"leave:{call.id}") for call in calls
-        ]
-        _, pending = await asyncio.wait(leaving, timeout=timeout_seconds)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*leaving, return_exceptions=True)
-        left = self.calls_left_up()
-        if left:
-            logger.warning(
-                "Bot stopped waiting after %.1f s; left up in Graph: %s",
-                timeout_seconds,
-                ", ".join(left),
-            )
-        return left
-
-    async def _leave(self, call: Call) -> None:
-        try:
-            if call.state == "incoming" and call.decision is None:
-                await call.reject("busy")
-            elif call.state == "terminating":
-                pass  # Graph is ending it: only its `terminated` is awaited
-            else:
-                await call.hang_up()
-            await call.wait_for("terminated", self.settings.shutdown_timeout_seconds)
-        except (GraphError, DecisionError, CallEndedError) as exc:
-            # 404: Graph no longer has the call (its end notification was lost): nothing left.
-            if isinstance(exc, GraphError) and exc.status == 404:
-                self.calls.end(call)
-                return
-            logger.warning("Call(%s) could not be left at stop: %s", call.id, exc)
+        return leaving.calls_left_up(self.calls)
 
     # -- placing and joining calls: https://learn.microsoft.com/en-us/graph/api/application-post-calls
 
@@ -336,7 +295,7 @@ class Bot:
         media_options: unmixed audio (receive_unmixed_meeting_audio) and video sockets."""
         info = parse_join_url(join_url)
         return await self._create(
-            self._meeting_body(info.chat_info(), info.meeting_info(), guest_name),
+            meeting_body(info.chat_info(), info.meeting_info(), guest_name),
             info.tenant_id,
             media,
             delta_roster,
@@ -359,7 +318,7 @@ class Bot:
             "passcode": passcode,
         }
         chat = {"@odata.type": "#microsoft.graph.chatInfo", "threadId": None, "messageId": None}
-        body = self._meeting_body(chat, meeting_info, guest_name)
+        body = meeting_body(chat, meeting_info, guest_name)
         return await self._create(body, self.settings.tenant_id, media, False, media_options)
 
     async def create_call(
@@ -383,21 +342,6 @@ class Bot:
         if subject is not None:
             body["subject"] = subject
         return await self._create(body, self.settings.tenant_id, media, False, media_options)
-
-    def _meeting_body(
-        self, chat: dict[str, Any], meeting: dict[str, Any], guest_name: str | None
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"chatInfo": chat, "meetingInfo": meeting}
-        if guest_name is not None:
-            # Joining as a guest needs Calls.JoinGroupCallAsGuest.All (Permissions in
-            # https://learn.microsoft.com/en-us/graph/api/application-post-calls).
-            body["source"] = {
-                "@odata.type": "#microsoft.graph.participantInfo",
-                "identity": shapes.identity_set(
-                    guest_id=str(uuid.uuid4()), display_name=guest_name
-                ),
-            }
-        return body
 
     async def _create(
         self,
@@ -445,7 +389,7 @@ class Bot:
         logger.info(
             "Call(%s) created: %s (%s-hosted media)",
             call_id,
-            _describe_request(body),
+            describe_request(body),
             media,
             extra={"call_id": call_id},
         )
@@ -474,25 +418,20 @@ class Bot:
 
     def established(self, call: Call) -> None:
         self.keepalive.start(call)
-        if self.settings.record_on_join and self.recorders(call):
-            self._spawn(self._record_on_join(call), f"record:{call.id}")
+        self.recording.established(call, self.settings.record_on_join)
 
     async def before_hang_up(self, call: Call) -> None:
         """The bot is leaving: recorders stop and the status says so while Graph still knows
         the call (https://learn.microsoft.com/en-us/graph/api/call-updaterecordingstatus)."""
-        if call.speech.recording_status == "recording":
-            await self.stop_recording(call)
+        await self.recording.before_hang_up(call)
 
     def terminated(self, call: Call) -> None:
         """Graph ended the call: stop its keep-alive, free its media (on the media loop)."""
         self.keepalive.stop(call.id)
-        watch = self._media_lost.pop(call.id, None)
-        if watch is not None and watch is not asyncio.current_task():
-            watch.cancel()
+        self._media_feed.terminated(call.id)
         if call.media_session_id is None:
             return
-        for recorder in self.recorders(call):
-            recorder.stop()  # Graph ended the call: nothing more is recorded
+        self.recording.terminated(call)
         task = asyncio.create_task(self.media.close_session(call.media_session_id, "call ended"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -592,7 +531,7 @@ class Bot:
                 log_event(call.id, event)
                 self.calls.dispatch(call, event_name(event), event)
                 if isinstance(event, RecorderFailed) and not self._stopping:
-                    self._spawn(self.stop_recording(call, "failed"), f"record-failed:{call.id}")
+                    self.recording.failed(call)
             call.changed()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -602,164 +541,23 @@ class Bot:
 
     def recorders(self, call: Call) -> list[Recording]:
         """The call's recording processors (media/pipeline/processor.py Recording)."""
-        if call.media_session_id is None:
-            return []
-        return [p for p in self.media.processors(call.media_session_id) if isinstance(p, Recording)]
+        return self.recording.recorders(call)
 
     async def start_recording(self, call: Call) -> None:
         """Set the call's recording status to `recording` through Graph, and only once Graph
         has acknowledged it start the call's recorders. Raises GraphError (nothing is
         recorded), ValueError when the call has no recorder."""
-        recorders = self.recorders(call)
-        if not recorders:
-            raise ValueError(f"call {call.id} has no recording processor")
-        operation = await call.update_recording_status("recording")
-        logger.info(
-            "Call(%s) recording status recording requested", call.id, extra={"call_id": call.id}
-        )
-        await operation.wait()
-        if call.state in ("terminating", "terminated") or not self.admitting:
-            # The call is ending (hung up, transferred, the bot stopping) while Graph
-            # acknowledged: nothing is recorded on a session that is closing.
-            logger.info(
-                "Call(%s) recording status acknowledged as the call ends: not started",
-                call.id,
-                extra={"call_id": call.id},
-            )
-            return
-        call.speech.recording_status = "recording"
-        # Audio that arrived before the acknowledgement and still waits in a ring is not kept.
-        acknowledged = to_ticks(self.media.clock.now())
-        for recorder in recorders:
-            recorder.start(not_before=acknowledged)
-        logger.info(
-            "Call(%s) recording status recording acknowledged: %s started",
-            call.id,
-            ", ".join(r.name for r in recorders),
-            extra={"call_id": call.id},
-        )
-        call.changed()
+        await self.recording.start_recording(call)
 
     async def stop_recording(self, call: Call, status: str = "notRecording") -> None:
         """Stop the call's recorders, then tell Graph (`notRecording`, or `failed` when a
         recorder broke). A call Graph has already ended needs no status."""
-        for recorder in self.recorders(call):
-            recorder.stop()
-        if call.speech.recording_status == status or call.state in ("terminating", "terminated"):
-            return
-        try:
-            operation = await call.update_recording_status(
-                "failed" if status == "failed" else "notRecording"
-            )
-            logger.info(
-                "Call(%s) recording status %s requested",
-                call.id,
-                status,
-                extra={"call_id": call.id},
-            )
-            await operation.wait()
-            call.speech.recording_status = status
-            logger.info(
-                "Call(%s) recording status %s acknowledged",
-                call.id,
-                status,
-                extra={"call_id": call.id},
-            )
-            call.changed()
-        except (GraphError, TimeoutError) as exc:
-            logger.warning(
-                "Call(%s) recording status %s not set: %s",
-                call.id,
-                status,
-                exc,
-                extra={"call_id": call.id},
-            )
-
-    async def _record_on_join(self, call: Call) -> None:
-        try:
-            await self.start_recording(call)
-        except (GraphError, TimeoutError, ValueError) as exc:
-            logger.warning(
-                "Call(%s) recording not started: %s", call.id, exc, extra={"call_id": call.id}
-            )
+        await self.recording.stop_recording(call, status)
 
     def _media_event_threadsafe(self, event: MediaEvent) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._media_event, event)
-
-    def _media_event(self, event: MediaEvent) -> None:
-        self.media_events.append(event)
-        if event.kind in ("failed", "closed"):
-            self._media_ended(event)
-        waiters, self._media_waiters = self._media_waiters, []
-        for predicate, future in waiters:
-            if future.done():
-                continue
-            try:
-                matched = predicate(event)
-            except Exception as exc:  # the caller's predicate: its error is the caller's
-                future.set_exception(exc)
-                continue
-            if matched:
-                future.set_result(event)
-            else:
-                self._media_waiters.append((predicate, future))
-
-    def _media_ended(self, event: MediaEvent) -> None:
-        """A call's media session failed or closed while the call goes on: its media
-        processor vanished, or said bye just before Graph's `terminating`. Graph normally ends
-        the call (the media-lost watch ends with it); if it does not, the watch hangs up."""
-        call = next(
-            (c for c in self.calls.calls.values() if c.media_session_id == event.session_id),
-            None,
-        )
-        if self._stopping or call is None or call.state in ("terminating", "terminated"):
-            return
-        if event.kind == "failed":
-            call.media_lost = event.detail or "media failed"
-            logger.warning(
-                "Call(%s) media lost: %s", call.id, call.media_lost, extra={"call_id": call.id}
-            )
-        if call.id not in self._media_lost:
-            watch = asyncio.create_task(self._watch_media_lost(call), name=f"media-lost:{call.id}")
-            self._media_lost[call.id] = watch
-            watch.add_done_callback(lambda _: self._media_lost.pop(call.id, None))
-
-    async def _watch_media_lost(self, call: Call) -> None:
-        """Give Graph media_lost_timeout_seconds to end a call whose media is gone, then hang
-        up; if Graph no longer knows the call (404) or never confirms, end it here."""
-        timeout = self.settings.media_lost_timeout_seconds
-        try:
-            await call.wait_for("terminated", timeout)
-            return
-        except TimeoutError:
-            pass
-        logger.warning(
-            "Call(%s) media gone for %.1f s and Graph has not ended the call: hanging up",
-            call.id,
-            timeout,
-            extra={"call_id": call.id},
-        )
-        try:
-            await call.hang_up()
-        except GraphError as exc:
-            # 404: Graph ended it and its notification was lost. Anything else: a call with no
-            # media is of no use, so it ends here either way (Graph's 45-minute inactivity
-            # rule ends its side once keep-alives stop,
-            # https://learn.microsoft.com/en-us/graph/api/call-keepalive).
-            logger.warning(
-                "Call(%s) hang-up after media loss failed: %s",
-                call.id,
-                exc,
-                extra={"call_id": call.id},
-            )
-            self.calls.end(call)
-            return
-        try:
-            await call.wait_for("terminated", timeout)
-        except TimeoutError:
-            self.calls.end(call)  # the DELETE was accepted; its notification never came
+            loop.call_soon_threadsafe(self._media_feed.on_event, event)
 
     def media_session(self, call: Call) -> LocalMediaSession | None:
         """The call's app-hosted media: its audio socket, video sockets, send_dtmf()."""
@@ -772,42 +570,7 @@ class Bot:
     ) -> MediaEvent:
         """The next media event (tone, dominant speaker, video status...) that matches, from
         now on. Raises TimeoutError."""
-        future: asyncio.Future[MediaEvent] = asyncio.get_running_loop().create_future()
-        self._media_waiters.append((predicate, future))
-        try:
-            return await asyncio.wait_for(future, within_seconds)
-        finally:
-            self._media_waiters = [w for w in self._media_waiters if w[1] is not future]
-
-
-def _describe_request(body: Mapping[str, Any]) -> str:
-    """What a POST /communications/calls asks for, as a log line says it."""
-    meeting = body.get("meetingInfo")
-    if isinstance(meeting, dict):
-        chat = body.get("chatInfo")
-        thread = chat.get("threadId") if isinstance(chat, dict) else None
-        return f"joining meeting {thread or meeting.get('joinMeetingId') or '(no id)'}"
-    targets = body.get("targets") or []
-    return "calling " + ", ".join(
-        describe_identity(t.get("identity") if isinstance(t, dict) else None) for t in targets
-    )
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _bind_error(setting: str, host: str, port: int, exc: OSError) -> str:
-    """One line for a listener that could not start: the setting, the address, why."""
-    if exc.errno == errno.EADDRINUSE:
-        why = "already in use (another bot or program listens there)"
-    elif exc.errno == errno.EACCES:
-        why = "not allowed (ports below 1024 need privileges)"
-    elif exc.errno == errno.EADDRNOTAVAIL:
-        why = "not an address of this machine"
-    else:
-        why = exc.strerror or str(exc)
-    return f"{setting}={port}: cannot listen on {host}:{port}: {why}"
+        return await self._media_feed.wait(predicate, within_seconds)
 
 
 __all__ = ["Bot", "JoinInfo"]

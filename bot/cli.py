@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace, verbose: bool) -> int:
     _configure_logging(verbose, settings.log_format, settings.log_levels)
     if args.command == "settings":
         if args.reference:
-            from bot.settings import reference
+            from bot.settings_reference import reference
 
             print(reference(), end="")
         else:

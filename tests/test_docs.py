@@ -216,7 +216,7 @@ async def test_python_block_runs(path: str, line: int, certs: DevCerts, tmp_path
 def test_settings_reference_is_generated_from_the_settings() -> None:
     """docs/settings.md is `python -m bot settings --reference`: regenerate it when a setting
     changes (`.venv/bin/python -m bot settings --reference > docs/settings.md`)."""
-    from bot.settings import reference
+    from bot.settings_reference import reference
 
     assert (ROOT / "docs" / "settings.md").read_text() == reference()
 

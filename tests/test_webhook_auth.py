@@ -217,6 +217,20 @@ class FakeTime:
         self._changed.set()
 
 
+def on_fake_time(
+    emulator: Emulator, session: aiohttp.ClientSession, client_ssl: ssl.SSLContext, clock: FakeTime
+) -> NotificationValidator:
+    """The emulator's notification keys, fetched on the test's clock and sleep."""
+    return NotificationValidator(
+        APP_ID,
+        f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration",
+        session,
+        client_ssl,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
 @pytest.fixture
 async def timed(
     emulator: Emulator, client_ssl: ssl.SSLContext, aiohttp_client: AiohttpClient
@@ -225,14 +239,7 @@ async def timed(
     asleep."""
     clock = FakeTime()
     async with aiohttp.ClientSession() as session:
-        validator = NotificationValidator(
-            APP_ID,
-            f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration",
-            session,
-            client_ssl,
-            clock=clock,
-            sleep=clock.sleep,
-        )
+        validator = on_fake_time(emulator, session, client_ssl, clock)
         client = await aiohttp_client(create_app(validator, CallCollection()))
         await validator.prefetch()
         await clock.sleepers(1)  # the scheduled refresh, 2 h away
@@ -329,14 +336,7 @@ async def test_keys_nobody_could_refresh_are_dropped(
     Graph's known key is refused."""
     clock = FakeTime()
     async with aiohttp.ClientSession() as session:
-        validator = NotificationValidator(
-            APP_ID,
-            f"{emulator.base_url}/v1/.well-known/OpenIdConfiguration",
-            session,
-            client_ssl,
-            clock=clock,
-            sleep=clock.sleep,
-        )
+        validator = on_fake_time(emulator, session, client_ssl, clock)
         client = await aiohttp_client(create_app(validator, CallCollection()))
         await validator.prefetch()
         token = _signed(emulator.notification_keys[0], _claims())
