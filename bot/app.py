@@ -84,6 +84,7 @@ class Bot:
             lifecycle=self,
             window_scale=window_scale,
             reconcile_seconds=settings.state_reconcile_seconds,
+            unknown_calls=settings.unknown_calls,
         )
         self._media_feed = MediaEvents(
             self.calls,
@@ -373,34 +374,37 @@ class Bot:
                 "isDeltaRosterEnabled": True,
             }
         scenario_id = str(uuid.uuid4())
-        try:
-            created = await self.graph.request(
-                "POST", "/communications/calls", request, scenario_id
+        # Until this call is learned, an unknown id in a notification may be this call's
+        # (Graph can notify before it answers the POST): BOT_UNKNOWN_CALLS waits.
+        with self.calls.creating():
+            try:
+                created = await self.graph.request(
+                    "POST", "/communications/calls", request, scenario_id
+                )
+                call_id = str(created["id"])
+            except (GraphError, KeyError):
+                if session is not None:
+                    await self.media.close_session(session.id, "create failed")
+                raise
+            call = self.calls.get_or_add(call_id)
+            call.scenario_id = scenario_id
+            call.delta_roster = delta_roster
+            call.media_session_id = session.id if session is not None else None
+            logger.info(
+                "Call(%s) created: %s (%s-hosted media)",
+                call_id,
+                describe_request(body),
+                media,
+                extra={"call_id": call_id},
             )
-            call_id = str(created["id"])
-        except (GraphError, KeyError):
-            if session is not None:
-                await self.media.close_session(session.id, "create failed")
-            raise
-        call = self.calls.get_or_add(call_id)
-        call.scenario_id = scenario_id
-        call.delta_roster = delta_roster
-        call.media_session_id = session.id if session is not None else None
-        logger.info(
-            "Call(%s) created: %s (%s-hosted media)",
-            call_id,
-            describe_request(body),
-            media,
-            extra={"call_id": call_id},
-        )
-        state = call.apply_resource(created, deleted=False)
-        if state is not None:
-            self.calls.notify_state(call, state)
-        elif call.state == "terminated":  # it ended before Graph's answer reached us
-            self.terminated(call)
-        # Graph's notifications can arrive before its answer to the POST: they were held, and
-        # apply now, after the answer and with the call's media session and options set.
-        self.calls.learned(call)
+            state = call.apply_resource(created, deleted=False)
+            if state is not None:
+                self.calls.notify_state(call, state)
+            elif call.state == "terminated":  # it ended before Graph's answer reached us
+                self.terminated(call)
+            # Graph's notifications can arrive before its answer to the POST: they were held, and
+            # apply now, after the answer and with the call's media session and options set.
+            self.calls.learned(call)
         self.expect_state(call, "established")
         return call
 

@@ -19,6 +19,7 @@ from bot.graph.client import GraphClient
 from bot.operations import Operation
 from bot.participants import Participant, Roster, RosterUpdate, _context, describe_identity
 from bot.pipeline import CallSpeech
+from bot.resources import IdMap, ResultInfo, canonical_id, result_info
 from media.session import MediaSessionOptions
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,18 @@ class Call:
         self.context = context
         self.state = "establishing"
         self.states_seen: list[str] = []
+        # The call resource merged forward only (see apply_resource), and the last resourceData
+        # as Graph sent it, even one that arrived late.
         self.resource: dict[str, Any] = {}
-        self.result_info: dict[str, Any] | None = None
+        self.raw_resource: dict[str, Any] = {}
+        self.result_info: dict[str, Any] | None = None  # ResultInfo.as_dict(): ints, "subcode"
         self.roster = Roster(call_id)
-        self.participants: dict[str, Participant] = {}
-        self.operations: dict[str, Operation] = {}
+        self.participants: IdMap[Participant] = IdMap()
+        self.operations: IdMap[Operation] = IdMap()
+        # Open content-sharing sessions by id (contentSharingSession resources,
+        # https://learn.microsoft.com/en-us/graph/api/resources/contentsharingsession).
+        self.content_sharing: IdMap[dict[str, Any]] = IdMap()
+        self.adopted = False  # tracked from a notification, never created or answered here
         self.events = EventHandlers()
         self.speech = CallSpeech()  # who speaks, segments, recording status (bot/pipeline.py)
         self.media_session_id: str | None = None
@@ -94,6 +102,9 @@ class Call:
         # processor was lost; the call then ends (Graph's resultInfo, or the bot hangs up).
         self.media_lost: str | None = None
         self.stale_states = 0  # state notifications that arrived after a later state
+        self.stale_tones = 0  # toneInfo re-delivered (a sequenceId already seen)
+        self._tone_sequence: int | None = None  # the highest sequenceId seen
+        self._tone_order: deque[int | None] = deque()  # tones_seen's sequenceIds
         self._changed = asyncio.Event()
 
     # -- state from notifications -------------------------------------------------------------
@@ -108,13 +119,121 @@ class Call:
         context = self.resource.get("incomingContext") or {}
         return bool(isinstance(context, dict) and context.get("observedParticipantId"))
 
+    @property
+    def result(self) -> ResultInfo | None:
+        """resultInfo with int code and subcode, whatever form Graph sent."""
+        return result_info(self.result_info)
+
+    @property
+    def termination_reason(self) -> str | None:
+        """Why the call ended: `terminationReason` where Graph sends one, else the
+        resultInfo message (https://learn.microsoft.com/en-us/graph/api/resources/call)."""
+        reason = self.resource.get("terminationReason")
+        if isinstance(reason, str) and reason:
+            return reason
+        if self.state != "terminated" or self.result_info is None:
+            return None
+        return str(self.result_info.get("message") or "") or None
+
+    @property
+    def media_state(self) -> dict[str, str]:
+        """callMediaState: {"audio": "active" | "inactive"}
+        (https://learn.microsoft.com/en-us/graph/api/resources/callmediastate)."""
+        state = self.resource.get("mediaState")
+        if not isinstance(state, dict):
+            return {}
+        return {k: v for k, v in state.items() if isinstance(v, str) and not k.startswith("@")}
+
+    @property
+    def lobby(self) -> list[Participant]:
+        """Participants waiting in the lobby (participant.isInLobby)."""
+        return [p for p in self.participants.values() if p.is_in_lobby]
+
+    @property
+    def screen_sharer(self) -> Participant | None:
+        """Who shares the screen: the participant whose videoBasedScreenSharing stream sends
+        (https://learn.microsoft.com/en-us/graph/api/resources/mediastream)."""
+        return next((p for p in self.participants.values() if p.is_sharing_screen), None)
+
+    @property
+    def large_gallery(self) -> Participant | None:
+        """The large-gallery participant once addLargeGalleryView succeeded; subscribe to its
+        `large_gallery_view.video_msi` (https://learn.microsoft.com/en-us/graph/cloud-communications-identifylargegalleryview)."""
+        return next((p for p in self.participants.values() if p.is_large_gallery), None)
+
     def apply_resource(self, resource: dict[str, Any], deleted: bool) -> str | None:
-        """Merge a call resource; returns the new state if it changed, else None."""
-        self.resource = {**self.resource, **resource}
-        if isinstance(resource.get("resultInfo"), dict):
-            self.result_info = resource["resultInfo"]
+        """Merge a call resource; returns the new state if it changed, else None.
+
+        Merged forward only: Graph promises no order, so a resource whose state is behind the
+        call's (by the documented state order) only fills in what is missing, and the newer
+        values stay; resultInfo too. `@odata.etag` is opaque, so it orders nothing, and the
+        documentation's own examples give one etag to different versions
+        (https://learn.microsoft.com/en-us/graph/api/call-answer): a re-delivery is found by
+        comparing whole notifications instead (CallCollection).
+        """
+        self.raw_resource = resource
         state = "terminated" if deleted else resource.get("state")
+        behind = (isinstance(state, str) and self._behind(state)) or self._older_tone(resource)
+        if behind:
+            self.resource = {**resource, **self.resource}
+        else:
+            self.resource = {**self.resource, **resource}
+        info = result_info(resource.get("resultInfo"))
+        if info is not None and (not behind or self.result_info is None):
+            self.result_info = info.as_dict()
         return self.apply_state(state) if isinstance(state, str) else None
+
+    def apply_tone(self, tone_info: object) -> str | None:
+        """A toneInfo (https://learn.microsoft.com/en-us/graph/api/resources/toneinfo): the
+        tone, or None for a repeat. `sequenceId` orders tones: one that arrives late is still
+        a key the caller pressed, so it is kept, in its place in `tones_seen`; a sequenceId
+        already seen is a re-delivery."""
+        if not isinstance(tone_info, dict) or not isinstance(tone_info.get("tone"), str):
+            return None
+        tone: str = tone_info["tone"]
+        sequence = tone_info.get("sequenceId")
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            self.tones_seen.append(tone)
+            self._tone_order.append(None)
+            return tone
+        if sequence in self._tone_order:
+            self.stale_tones += 1
+            return None
+        self._tone_sequence = max(sequence, self._tone_sequence or sequence)
+        # After every tone numbered lower (unnumbered ones stay where they came).
+        at = len(self._tone_order)
+        while at > 0 and isinstance(self._tone_order[at - 1], int):
+            previous = self._tone_order[at - 1]
+            if previous is not None and previous < sequence:
+                break
+            at -= 1
+        if len(self.tones_seen) == self.tones_seen.maxlen:
+            self.tones_seen.popleft()
+            self._tone_order.popleft()
+            at = max(0, at - 1)
+        self.tones_seen.insert(at, tone)
+        self._tone_order.insert(at, sequence)
+        return tone
+
+    def _older_tone(self, resource: dict[str, Any]) -> bool:
+        """The resource's toneInfo is older than one applied: the resource is behind too."""
+        tone = resource.get("toneInfo")
+        sequence = tone.get("sequenceId") if isinstance(tone, dict) else None
+        return (
+            isinstance(sequence, int)
+            and self._tone_sequence is not None
+            and sequence <= self._tone_sequence
+        )
+
+    def _behind(self, state: str) -> bool:
+        """`state` is older than the call's, and not the documented way back from a transfer."""
+        if state not in STATE_ORDER:
+            return False
+        back_from_transfer = state == "established" and self.state in (
+            "transferring",
+            "transferAccepted",
+        )
+        return STATE_ORDER[state] < STATE_ORDER.get(self.state, 0) and not back_from_transfer
 
     def apply_state(self, state: str) -> str | None:
         if state not in STATE_ORDER:
@@ -122,11 +241,7 @@ class Call:
                 "Call(%s) ignores unknown state %r", self.id, state, extra={"call_id": self.id}
             )
             return None
-        back_from_transfer = state == "established" and self.state in (
-            "transferring",
-            "transferAccepted",
-        )
-        if STATE_ORDER[state] < STATE_ORDER.get(self.state, 0) and not back_from_transfer:
+        if self._behind(state):
             self.stale_states += 1
             logger.info(
                 "Call(%s) ignores stale %s after %s",
@@ -196,7 +311,7 @@ class Call:
 
     def msi_to_participant(self) -> dict[int, str]:
         """Audio MSIs (roster mediaStreams.sourceId) to participant ids, the bot's own excluded."""
-        me = self.resource.get("myParticipantId")
+        me = canonical_id(self.resource.get("myParticipantId"))
         return {
             msi: p.id for p in self.participants.values() if p.id != me for msi in p.msis("audio")
         }
@@ -230,13 +345,15 @@ class Call:
         resource = await self.request("POST", path, body)
         return self.track_operation(resource)
 
-    def track_operation(self, resource: dict[str, Any]) -> Operation:
-        op_id = str(resource.get("id", ""))
+    def track_operation(self, resource: dict[str, Any], op_id: str | None = None) -> Operation:
+        """Track an operation from the action's answer or a notification. `op_id`: the id the
+        notification's URL gave, for bodies that carry none."""
+        op_id = canonical_id(op_id or resource.get("id") or "") or None
         known = self.operations.get(op_id) if op_id else None
         if known is not None:
             known.update(resource)
             return known
-        op = Operation(resource)
+        op = Operation({**resource, "id": op_id} if op_id else resource)
         if not op_id:
             op.finish_without_notification()
             return op

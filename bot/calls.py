@@ -7,15 +7,12 @@ docs/articles/index.html).
 State is applied synchronously when a notification arrives (it is cheap and keeps `wait_for`
 exact); handlers run on a per-call worker fed by a bounded queue.
 
-Only two things make a Call: an incoming call's `created` notification (state incoming), and
-the bot's own POST /communications/calls (bot/app.py, `_create`). A notification naming any
-other call id allocates nothing but a bounded, expiring record: Graph's first notifications
-for a call the bot places can arrive before the POST's answer does, so they are held, and
-applied in order when that answer names the call (`learned`); otherwise they expire after
-`HELD_SECONDS` and are counted. At most `HELD_NOTIFICATIONS` of them, `HELD_BYTES` in all
-(their JSON size), are held; past that the oldest go first (also counted): the one a create is
-about to claim is the newest. Held notifications start nothing (no worker, no keep-alive, no
-read back), so a flood of valid notifications for made-up ids costs a bounded record.
+Only these make a Call: an incoming call's `created` notification (state incoming), the
+bot's own POST /communications/calls (bot/app.py, `_create`), and, with
+`BOT_UNKNOWN_CALLS=adopt`, a notification for a call the bot never had. Anything else for an
+unknown id is only held, in a bounded, expiring record (bot/unknown_calls.py), and applied if
+the bot's POST answer names the call. Call ids are GUIDs compared in any case and with or
+without hyphens (`bot.resources.canonical_id`): `calls` takes any form of an id.
 """
 
 from __future__ import annotations
@@ -24,12 +21,13 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from bot.call import Call, CallContext
+from bot.call_views import apply_content_sharing, changes, facets
 from bot.events import CALL_EVENTS, EventHandlers
 from bot.notifications import (
     CallChanged,
@@ -41,6 +39,23 @@ from bot.notifications import (
 )
 from bot.participants import describe_identity
 from bot.reconcile import Reconciler
+from bot.resources import IdMap, canonical_id
+from bot.unknown_calls import (
+    ADOPTED_CALLS,
+    HELD_BYTES,
+    HELD_NOTIFICATIONS,
+    HELD_SECONDS,
+    UnknownCallPolicy,
+    UnknownCalls,
+)
+
+__all__ = [
+    "ANSWER_WINDOW_SECONDS",
+    "HELD_BYTES",
+    "HELD_NOTIFICATIONS",
+    "HELD_SECONDS",
+    "CallCollection",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +69,6 @@ DEDUPE_MEMORY = 4096  # resources remembered for duplicate detection
 ENDED_RETENTION_SECONDS = 60.0  # an ended call stays visible this long, then is forgotten
 ENDED_MEMORY = 4096  # forgotten call ids remembered, so late notifications cannot revive them
 RECONCILE_SECONDS = 10.0  # a state notification this late is read back (bot/reconcile.py)
-# Notifications for call ids the bot does not know (yet): Graph's answer to the POST that
-# created a call comes well within this after its first notification.
-HELD_SECONDS = 30.0
-HELD_NOTIFICATIONS = 256
-HELD_BYTES = 4 * 1024 * 1024
 
 
 class Lifecycle(Protocol):
@@ -82,17 +92,6 @@ class _Dispatcher:
         self.dropped = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A notification for a call id not known (yet), as received."""
-
-    call_id: str
-    at: float
-    item: dict[str, Any]
-    note: Notification
-    size: int
-
-
 class CallCollection:
     def __init__(
         self,
@@ -102,9 +101,11 @@ class CallCollection:
         retention_seconds: float = ENDED_RETENTION_SECONDS,
         reconcile_seconds: float = RECONCILE_SECONDS,
         clock: Callable[[], float] | None = None,
+        unknown_calls: UnknownCallPolicy = "ignore",
     ) -> None:
-        """clock: what times held notifications (default: the running loop's time)."""
-        self.calls: dict[str, Call] = {}
+        """clock: what times held notifications (default: the running loop's time);
+        unknown_calls: what to do about calls the bot never had (bot/unknown_calls.py)."""
+        self.calls: IdMap[Call] = IdMap()
         self.late = 0  # notifications for calls already forgotten
         self.events = EventHandlers((*CALL_EVENTS, "incoming_call"))
         self.ignored = 0
@@ -119,22 +120,63 @@ class CallCollection:
         self._last: OrderedDict[str, bytes] = OrderedDict()
         self.reconciler = Reconciler(self, reconcile_seconds)
         self._dispatchers: dict[str, _Dispatcher] = {}
-        self.clock = clock
-        self._held: deque[_Held] = deque()
-        self._held_bytes = 0
-        self._held_timer: asyncio.TimerHandle | None = None
-        self.held = 0  # notifications held for a call id not known when they came
-        self.held_applied = 0  # ... applied when the bot learned the call
-        self.held_expired = 0  # ... forgotten after HELD_SECONDS
-        self.held_dropped = 0  # ... forgotten to stay within HELD_NOTIFICATIONS / HELD_BYTES
+        self.unknown = UnknownCalls(
+            unknown_calls,
+            adopt=self._adopt,
+            hang_up=self._hang_up_unknown if context is not None else None,
+        )
+        self.unknown.clock = clock
+
+    # Notifications for unknown ids (bot/unknown_calls.py), under their earlier names.
+    @property
+    def clock(self) -> Callable[[], float] | None:
+        return self.unknown.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float] | None) -> None:
+        self.unknown.clock = clock
+
+    @property
+    def held(self) -> int:
+        return self.unknown.held
+
+    @property
+    def held_applied(self) -> int:
+        return self.unknown.applied
+
+    @property
+    def held_expired(self) -> int:
+        return self.unknown.expired
+
+    @property
+    def held_dropped(self) -> int:
+        return self.unknown.dropped
+
+    @property
+    def held_now(self) -> int:
+        return self.unknown.held_now
+
+    @property
+    def held_bytes(self) -> int:
+        return self.unknown.held_bytes
+
+    def expire_held(self, now: float | None = None) -> None:
+        self.unknown.expire(now)
+
+    @contextmanager
+    def creating(self) -> Iterator[None]:
+        """Around the bot's own POST /communications/calls (see bot/unknown_calls.py)."""
+        with self.unknown.creating():
+            yield
 
     def get_or_add(self, call_id: str) -> Call:
         call = self.calls.get(call_id)
         if call is None:
             # The bot learns a call: its own POST's answer, or an incoming call's `created`
-            # (what arrived for it before is applied by `learned`).
+            # (what arrived for it before is applied by `learned`). Its id keeps the form
+            # Graph first gave; lookups take any form.
             call = self.calls[call_id] = Call(call_id, self._context)
-            for waiter in self._waiters.pop(call_id, []):
+            for waiter in self._waiters.pop(canonical_id(call_id), []):
                 if not waiter.done():
                     waiter.set_result(call)
         return call
@@ -143,6 +185,7 @@ class CallCollection:
         """The call with this id once the bot has heard of it (e.g. an incoming call)."""
         if call_id in self.calls:
             return self.calls[call_id]
+        call_id = canonical_id(call_id)
         waiter: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(call_id, []).append(waiter)
         try:
@@ -189,6 +232,7 @@ class CallCollection:
             self.learned(call)
 
     def _apply_note(self, call: Call, note: Notification) -> None:
+        before = facets(call)
         if isinstance(note, CallChanged):
             self._call_changed(call, note)
         elif isinstance(note, RosterChanged):
@@ -199,9 +243,19 @@ class CallCollection:
                 call.roster.resync_wanted = False
                 self.reconciler.resync_roster(call)
         elif isinstance(note, OperationChanged):
-            self._enqueue(call, "operation", call, call.track_operation(note.resource))
+            operation = call.track_operation(note.resource, note.operation_id)
+            self._enqueue(call, "operation", call, operation)
         elif isinstance(note, ContentSharingChanged):
-            self._enqueue(call, "content_sharing", call, note.sessions)
+            sharing = apply_content_sharing(call, note)
+            if sharing:
+                self._enqueue(call, "content_sharing", call, sharing)
+        self._emit_changes(call, before)
+
+    def _emit_changes(self, call: Call, before: Any) -> None:
+        """Lobby, recording status, screen sharing, large gallery and media state events for
+        what the notification changed (bot/call_views.py)."""
+        for name, args in changes(call, before, facets(call)):
+            self._enqueue(call, name, *args)
 
     def _count_duplicate(self, note: Notification, item: dict[str, Any]) -> None:
         self.duplicates += 1
@@ -213,77 +267,35 @@ class CallCollection:
             extra={"call_id": note.call_id},
         )
 
-    # -- notifications for calls not known (yet) ------------------------------------------------
-
-    @property
-    def held_now(self) -> int:
-        """Notifications held right now (see the module docstring)."""
-        return len(self._held)
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held_bytes
-
-    def _now(self) -> float:
-        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+    # -- notifications for calls not known (yet): bot/unknown_calls.py --------------------------
 
     def _hold(self, note: Notification, item: dict[str, Any]) -> None:
-        now = self._now()
-        self.expire_held(now)
-        self.held += 1
-        size = len(json.dumps(item))
-        logger.debug("Call(%s) not known: notification held", note.call_id)
-        self._held.append(_Held(note.call_id, now, item, note, size))
-        self._held_bytes += size
-        while self._held and (
-            len(self._held) > HELD_NOTIFICATIONS or self._held_bytes > HELD_BYTES
-        ):
-            self._held_bytes -= self._held.popleft().size
-            self.held_dropped += 1
-        self._arm_held_timer(now)
+        self.unknown.hold(note, item)
 
-    def expire_held(self, now: float | None = None) -> None:
-        """Forget held notifications older than HELD_SECONDS (also done on a timer)."""
-        now = self._now() if now is None else now
-        expired = 0
-        while self._held and now - self._held[0].at >= HELD_SECONDS:
-            self._held_bytes -= self._held.popleft().size
-            expired += 1
-        if expired:
-            self.held_expired += expired
-            logger.info(
-                "Calls x %d notification(s) for calls the bot never learned expired (%d in all)",
-                expired,
-                self.held_expired,
-            )
+    def _adopt(self, call_id: str) -> bool:
+        """BOT_UNKNOWN_CALLS=adopt: track a call the bot never had, within ADOPTED_CALLS."""
+        alive = sum(1 for c in self.calls.values() if c.adopted and c.state != "terminated")
+        if alive >= ADOPTED_CALLS:
+            return False
+        call = self.get_or_add(call_id)
+        call.adopted = True
+        self.learned(call)
+        return True
 
-    def _arm_held_timer(self, now: float) -> None:
-        if self._held_timer is not None or not self._held:
-            return
-        delay = max(0.0, self._held[0].at + HELD_SECONDS - now)
-        self._held_timer = asyncio.get_running_loop().call_later(delay, self._held_due)
-
-    def _held_due(self) -> None:
-        self._held_timer = None
-        now = self._now()
-        self.expire_held(now)
-        self._arm_held_timer(now)
+    async def _hang_up_unknown(self, call_id: str) -> None:
+        """BOT_UNKNOWN_CALLS=hangup: DELETE a call the bot never had."""
+        assert self._context is not None
+        await self._context.graph.request("DELETE", f"/communications/calls/{call_id}")
 
     def learned(self, call: Call) -> None:
         """The bot now knows this call (its POST answer named it): apply, in order, what Graph
         said about it before that answer arrived."""
-        self.expire_held()
-        mine = [h for h in self._held if h.call_id == call.id]
-        if not mine:
-            return
-        self._held = deque(h for h in self._held if h.call_id != call.id)
-        self._held_bytes = sum(h.size for h in self._held)
-        for held in mine:
+        for held in self.unknown.take(canonical_id(call.id)):
             try:
                 if self._duplicate(held.item):
                     self._count_duplicate(held.note, held.item)
                     continue
-                self.held_applied += 1
+                self.unknown.applied += 1
                 self._apply_note(call, held.note)
             except Exception:
                 self.failed += 1
@@ -328,10 +340,9 @@ class CallCollection:
                 extra={"call_id": call.id},
             )
         new_state = call.apply_resource(note.resource, deleted=note.change_type == "deleted")
-        tone = note.resource.get("toneInfo")
-        if isinstance(tone, dict) and isinstance(tone.get("tone"), str):
-            call.tones_seen.append(tone["tone"])
-            self._enqueue(call, "tone", call, tone["tone"])
+        tone = call.apply_tone(note.resource.get("toneInfo"))
+        if tone is not None:
+            self._enqueue(call, "tone", call, tone)
         if incoming:
             self._enqueue_coro(call, self._decide(call))
         if new_state is not None:
@@ -412,7 +423,7 @@ class CallCollection:
             asyncio.get_running_loop().call_later(self._retention_seconds, self.forget, call_id)
             return
         del self.calls[call_id]
-        self._ended[call_id] = None
+        self._ended[canonical_id(call_id)] = None
         if len(self._ended) > ENDED_MEMORY:
             self._ended.popitem(last=False)
 
@@ -496,9 +507,7 @@ class CallCollection:
                 return
 
     async def close(self) -> None:
-        if self._held_timer is not None:
-            self._held_timer.cancel()
-            self._held_timer = None
+        await self.unknown.close()
         await self.reconciler.close()
         tasks = [d.task for d in self._dispatchers.values() if d.task is not None]
         for task in tasks:

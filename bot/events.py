@@ -20,6 +20,12 @@ CALL_EVENTS = (
     "operation",
     "terminated",
     "content_sharing",
+    "lobby",  # call, participant, in_lobby: a participant entered or left the lobby
+    "participant_recording",  # call, participant, recordingInfo: its recording status changed
+    "screen_sharing",  # call, participant or None: who shares the screen (VBSS) changed
+    "large_gallery",  # call, participant or None: the large-gallery participant came or went
+    "media_state",  # call, mediaState: the call's callMediaState changed
+    "media",  # MediaProcessorError: the media processor sent an `error` message
     "speech",  # bot/pipeline.py: SpeechStarted, SpeechStopped, DominantSpeakerChanged
     "pipeline",  # ProcessorDisabled, PlayerLow, RecorderFailed
 )

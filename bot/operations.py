@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from bot.errors import GraphError
+from bot.resources import ResultInfo, canonical_id, result_info
 
 FINAL = ("completed", "failed")
 
@@ -18,11 +19,11 @@ class OperationFailedError(GraphError):
     """A commsOperation ended `failed`; carries its resultInfo."""
 
     def __init__(self, operation: Operation) -> None:
-        info = operation.result_info or {}
+        info = operation.result or ResultInfo()
         super().__init__(
-            int(info.get("code", 0) or 0),
-            str(info.get("subcode", info.get("subCode", ""))),
-            f"{operation.kind} {operation.id} failed: {info.get('message', '')}",
+            info.code,
+            str(info.subcode),
+            f"{operation.kind} {operation.id} failed: {info.message}",
             operation.resource,
         )
         self.operation = operation
@@ -32,7 +33,7 @@ class Operation:
     """One operation: status as Graph last reported it; await `wait()` for the outcome."""
 
     def __init__(self, resource: dict[str, Any]) -> None:
-        self.id = str(resource.get("id", ""))
+        self.id = canonical_id(resource.get("id", ""))
         self.kind = str(resource.get("@odata.type", "#microsoft.graph.commsOperation")).rsplit(
             ".", 1
         )[-1]
@@ -50,6 +51,30 @@ class Operation:
     def result_info(self) -> dict[str, Any] | None:
         info = self.resource.get("resultInfo")
         return info if isinstance(info, dict) else None
+
+    @property
+    def result(self) -> ResultInfo | None:
+        """resultInfo with int code and subcode, whatever form Graph sent."""
+        return result_info(self.resource.get("resultInfo"))
+
+    def _text(self, key: str) -> str | None:
+        value = self.resource.get(key)
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def recording_location(self) -> str | None:
+        """recordOperation: where the recording is, fetched with `recording_access_token`
+        (https://learn.microsoft.com/en-us/graph/api/resources/recordoperation)."""
+        return self._text("recordingLocation")
+
+    @property
+    def recording_access_token(self) -> str | None:
+        return self._text("recordingAccessToken")
+
+    @property
+    def completion_reason(self) -> str | None:
+        """recordOperation and sendDtmfTonesOperation: why it completed."""
+        return self._text("completionReason")
 
     @property
     def done(self) -> bool:

@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.notifications import RosterChanged
+from bot.resources import (
+    LargeGalleryView,
+    MediaStream,
+    application_type,
+    canonical_id,
+    large_gallery_view,
+    media_streams,
+)
 from media.control import MAX_MSI
 
 if TYPE_CHECKING:
@@ -39,7 +47,7 @@ class RosterUpdate:
 class Participant:
     def __init__(self, call: Call, resource: dict[str, Any]) -> None:
         self._call = call
-        self.id = str(resource["id"])
+        self.id = canonical_id(resource["id"])
         self.resource = resource
 
     @property
@@ -60,17 +68,61 @@ class Participant:
     def is_muted(self) -> bool:
         return bool(self.resource.get("isMuted"))
 
+    @property
+    def is_in_lobby(self) -> bool:
+        """participant.isInLobby (https://learn.microsoft.com/en-us/graph/api/resources/participant)."""
+        return self.resource.get("isInLobby") is True
+
+    @property
+    def recording_info(self) -> dict[str, Any] | None:
+        """recordingInfo {initiator, recordingStatus}
+        (https://learn.microsoft.com/en-us/graph/api/resources/recordinginfo)."""
+        info = self.resource.get("recordingInfo")
+        return info if isinstance(info, dict) else None
+
+    @property
+    def recording_status(self) -> str | None:
+        """notRecording, recording or failed, when the roster says."""
+        status = (self.recording_info or {}).get("recordingStatus")
+        return status if isinstance(status, str) else None
+
+    @property
+    def media_streams(self) -> tuple[MediaStream, ...]:
+        return media_streams(self.resource.get("mediaStreams"), parse_msi)
+
+    @property
+    def is_sharing_screen(self) -> bool:
+        """Its videoBasedScreenSharing stream sends: it shares its screen (VBSS)."""
+        return any(
+            s.media_type == "videoBasedScreenSharing" and s.sends for s in self.media_streams
+        )
+
+    @property
+    def is_large_gallery(self) -> bool:
+        """The large-gallery participant: ApplicationType LargeGallery-V2, a sendReceive video
+        stream and paging metadata, the three marks
+        https://learn.microsoft.com/en-us/graph/cloud-communications-identifylargegalleryview
+        gives (a second LargeGallery-V2 participant, receive-only, is not the view)."""
+        return (
+            application_type(self.identity) == "LargeGallery-V2"
+            and any(
+                s.media_type == "video" and s.direction == "sendReceive" for s in self.media_streams
+            )
+            and self.large_gallery_view is not None
+        )
+
+    @property
+    def large_gallery_view(self) -> LargeGalleryView | None:
+        video = next((s.source_id for s in self.media_streams if s.media_type == "video"), None)
+        return large_gallery_view(self.resource.get("metadata"), video)
+
     def msis(self, media_type: str = "audio") -> list[int]:
         """Media source ids of this participant's streams of one type (mediaStreams.sourceId)."""
-        streams = self.resource.get("mediaStreams")
-        if not isinstance(streams, list):
-            return []
-        msis = (
-            parse_msi(s.get("sourceId"))
-            for s in streams
-            if isinstance(s, dict) and s.get("mediaType") == media_type
-        )
-        return [msi for msi in msis if msi is not None]
+        return [
+            s.source_id
+            for s in self.media_streams
+            if s.media_type == media_type and s.source_id is not None
+        ]
 
     async def mute(self, client_context: str | None = None) -> Operation:
         """POST .../participants/{id}/mute (https://learn.microsoft.com/en-us/graph/api/participant-mute)."""
@@ -110,7 +162,9 @@ class Roster:
     resync_wanted: bool = False
 
     def apply(self, change: RosterChanged, delta: bool) -> RosterUpdate:
-        entries = {str(p["id"]): p for p in change.participants if isinstance(p.get("id"), str)}
+        entries = {
+            canonical_id(p["id"]): p for p in change.participants if isinstance(p.get("id"), str)
+        }
         if change.sequence_number is not None:
             number, last = change.sequence_number, self.last_sequence
             if last is not None and number <= last:
@@ -160,7 +214,7 @@ class Roster:
         notifications applied since told us more recently (a higher rosterSequenceNumber)."""
         self.resyncs += 1
         self.resync_wanted = False
-        by_id = {str(p["id"]): p for p in entries if isinstance(p.get("id"), str)}
+        by_id = {canonical_id(p["id"]): p for p in entries if isinstance(p.get("id"), str)}
         return self._replace(by_id, whole_roster_notification=False)
 
     def _replace(

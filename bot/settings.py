@@ -222,6 +222,12 @@ class Settings(BaseSettings):
     incoming_call_fallback: Literal["answer", "reject"] = Field(
         "answer", description="`answer` or `reject` an incoming call nobody decided on in time"
     )
+    unknown_calls: Literal["ignore", "adopt", "hangup"] = Field(
+        "ignore",
+        description="notifications for a call this process never created or answered (another "
+        "instance's, or before a restart): `ignore` them, `adopt` the call (track it, no media) "
+        "or `hangup` (DELETE it); see docs/signaling.md",
+    )
     media_lost_timeout_seconds: Seconds = Field(
         15.0,
         gt=0,

@@ -65,7 +65,8 @@ class AudioReceiver:
     the buffer's wait is over; a loop timer fires then, so concealment is on time even if no
     packet follows. A continuous stream (mixed audio) keeps delivering a frame per 20 ms when
     packets stop coming (concealed, then silent frames flagged `concealed`), so the bot's 20 ms
-    cadence survives a blackout.
+    cadence survives a blackout; when they come back late for good (the delay rose), it plays
+    them from there on (`jitter.reanchors`).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class AudioReceiver:
         self._decoder = OpusDecoder()
         self._continuous = continuous
         self._jitter = JitterBuffer(continuous=continuous)
+        self._dropped_seen = 0  # late + duplicates of self._jitter already in our stats
         self._pending = np.empty(0, dtype=np.int16)
         self._ssrc: int | None = None
         self._last_payload: bytes | None = None
@@ -103,6 +105,12 @@ class AudioReceiver:
     @property
     def jitter(self) -> JitterStats:
         return self._jitter.stats
+
+    @property
+    def deadline(self) -> float | None:
+        """When expire() is due on the receiver's clock (what its loop timer waits for), or
+        None: tests on an injected clock call expire() then themselves."""
+        return self._jitter.deadline
 
     @property
     def packets_lost(self) -> int:
@@ -120,9 +128,9 @@ class AudioReceiver:
             self.stats.stream_resets += 1
             # A new sender: a new sequence space.
             self._jitter = JitterBuffer(continuous=self._continuous)
+            self._dropped_seen = 0
         self._ssrc = packet.ssrc
         now = self._clock.now()
-        before = self._jitter.stats.late + self._jitter.stats.duplicates
         releases = self._jitter.expire(now)
         if packet.payload_type == self.dtmf_pt:
             self._tone(packet)
@@ -140,11 +148,17 @@ class AudioReceiver:
                 now,
                 capture,
             )
-        self.stats.late_or_duplicate += (
-            self._jitter.stats.late + self._jitter.stats.duplicates - before
-        )
+        self._count_dropped()
         self._play(releases)
         self._schedule()
+
+    def _count_dropped(self) -> None:
+        """Late and duplicate packets the jitter buffer dropped since the last look. A late
+        packet of a continuous stream is counted when the buffer plays on without it, which may
+        be on its timer (media/jitter.py holds it in case the delay rose for good)."""
+        dropped = self._jitter.stats.late + self._jitter.stats.duplicates
+        self.stats.late_or_duplicate += dropped - self._dropped_seen
+        self._dropped_seen = dropped
 
     def _tone(self, packet: RtpPacket) -> None:
         self.stats.dtmf_packets += 1
@@ -171,7 +185,9 @@ class AudioReceiver:
     def expire(self) -> None:
         """The jitter buffer's wait for a missing packet is over (its timer, or a test)."""
         self._timer = None
-        self._play(self._jitter.expire(self._clock.now()))
+        releases = self._jitter.expire(self._clock.now())
+        self._count_dropped()
+        self._play(releases)
         self._schedule()
 
     def _schedule(self) -> None:

@@ -17,6 +17,18 @@ or not) also keeps time when nothing arrives at all: a slot whose packet is more
 run it plays out as silence, one slot per 20 ms, until packets return (a blackout, a sender that
 stalled, the tail of a burst). Packets for slots already played out are late. A stream that may
 pause by itself (unmixed speaker streams, RFC 3551 4.1 silence suppression) is not continuous.
+
+The delay may also rise and stay (a route change, a Wi-Fi handover): the packets then return in
+sequence, every one for a slot already played out. A continuous stream holds such late packets
+and, once they have come late for about the underrun grace with none on time, moves its playout
+point back to them and plays them (a re-anchor): the frames it made up meanwhile were the rise,
+S / 20 ms of them for a step S, and no packet is lost. WebRTC's NetEq keeps its playout
+timestamp still while it conceals, so the packet it waits for plays however late it comes and a
+rise costs the same count (webrtc src/modules/audio_coding/neteq/neteq_impl.cc GetDecision,
+decision_logic.cc); the hold-off here keeps a straggler, or a burst after a stall, from moving
+the playout point. A rise up to the grace only delays the stream. When the delay falls, the
+queued packets arrive together and are played at once, as every complete run is: no delay stays
+behind, nothing is made up or dropped.
 """
 
 from __future__ import annotations
@@ -35,6 +47,12 @@ UNDERRUN_GRACE_SECONDS = 0.100
 DEFAULT_SLOT_SECONDS = 0.020  # until two consecutive packets tell the packet duration
 MAX_SLOT_SECONDS = 0.120  # Opus packets hold at most 120 ms (RFC 6716 3.2.5)
 MAX_CATCH_UP_SLOTS = 50  # a timer this late (1 s) skips ahead instead of playing it all out
+# A continuous stream's packets all late, none on time, from the first of them to a slot falling
+# due a hold-off later (the underrun grace less half a packet: _reanchor_due) mean its delay rose
+# for good, and the playout point moves back to them; if there are this many at least (a lone
+# straggler before a blackout is no new delay).
+REANCHOR_MIN_PACKETS = 3
+LATE_KEPT = 32  # late packets held for a possible re-anchor (more than the hold-off's worth)
 PEAK_MARGIN_SECONDS = 0.005
 PEAK_DECAY = 0.995  # per packet: the floor halves in about 140 packets (2.8 s of 20 ms audio)
 GIVEN_UP_KEPT = 64  # slots given up on, remembered to learn how late their packets come
@@ -53,13 +71,29 @@ class Release:
 
 @dataclass(slots=True)
 class JitterStats:
+    """One stream's counters, in slots (one packet each) unless named otherwise.
+
+    released: slots played from a packet. concealed: slots made up by loss concealment (at most
+    MAX_CONCEALED_RUN in a row). skipped: slots past that run, silent releases on a continuous
+    stream (none otherwise). underruns: continuous, the slots among those two played out because
+    nothing had arrived in time. late: packets that came after their slot was played, dropped;
+    on a continuous stream a late packet is counted once the buffer plays on without it, as it
+    may still play at a re-anchor. duplicates: packets already held. resets: sequence jumps
+    past RESET_GAP (a restarted sender). reanchors: continuous, how often the packets came late
+    for good (the delay rose: a route change, a Wi-Fi handover) and the playout point moved back
+    to them. reanchored: the late packets those re-anchors played rather than dropped.
+    jitter_seconds: RFC 3550 interarrival jitter; wait_seconds: how long a gap is waited for.
+    """
+
     released: int = 0
     concealed: int = 0
-    skipped: int = 0  # slots past MAX_CONCEALED_RUN: silent releases, or (not continuous) none
-    underruns: int = 0  # continuous: slots played out because nothing had arrived in time
+    skipped: int = 0
+    underruns: int = 0
     late: int = 0
     duplicates: int = 0
     resets: int = 0
+    reanchors: int = 0
+    reanchored: int = 0
     jitter_seconds: float = 0.0
     wait_seconds: float = MIN_WAIT_SECONDS
 
@@ -82,6 +116,10 @@ class JitterBuffer:
     _last_timestamp: tuple[int, int] | None = None  # (extended seq, RTP timestamp) last released
     _given_up: dict[int, float] = field(default_factory=dict)  # slot -> when it was played out
     _peak: float = 0.0  # the wait late packets asked for, decaying
+    # Continuous: packets for slots of the current run already played out (made up), held in
+    # case the delay rose for good; and when the first of them arrived.
+    _late: dict[int, tuple[bytes, tuple[int, ...], int]] = field(default_factory=dict)
+    _late_since: float | None = None
 
     @property
     def deadline(self) -> float | None:
@@ -110,16 +148,24 @@ class JitterBuffer:
             if self._next is not None:
                 self.stats.resets += 1
             self._held.clear()
+            self._drop_late()
             self._deadline = None
             self._next = ext
         if ext < self._next:
-            self.stats.late += 1
             given_up = self._given_up.pop(ext, None)
             if given_up is not None:
                 # Waiting (now - given_up) longer would have played it: wait that long now on.
                 needed = self.stats.wait_seconds + (now - given_up) + PEAK_MARGIN_SECONDS
                 self._peak = max(self._peak, min(self.max_wait, needed))
                 self._update_wait()
+            if ext in self._late:
+                self.stats.duplicates += 1
+            elif ext >= self._next - self._run:
+                # Its slot is in the current run of made-up ones (only a continuous stream plays
+                # slots out with nothing after them): it may play yet, at a re-anchor.
+                self._hold_late(ext, (payload, csrc, capture_ticks), now)
+            else:
+                self.stats.late += 1  # its slot was played from a packet, or long ago
             return []
         if ext in self._held:
             self.stats.duplicates += 1
@@ -149,16 +195,18 @@ class JitterBuffer:
         self._arm(now)
         return out
 
-    def _missing(self, now: float, audible: bool = True) -> list[Release]:
+    def _missing(self, now: float, audible: bool = True, learn: bool = True) -> list[Release]:
         """Slot _next has no packet: conceal it, or past the concealment run, leave it silent
-        (a silent release on a continuous stream if `audible`, nothing otherwise)."""
+        (a silent release on a continuous stream if `audible`, nothing otherwise). `learn`:
+        remember it, so that its packet coming late sets a floor under the wait."""
         assert self._next is not None
         seq = self._next
         self._next += 1
         self._run += 1
-        self._given_up[seq] = now
-        if len(self._given_up) > GIVEN_UP_KEPT:
-            del self._given_up[next(iter(self._given_up))]
+        if learn:
+            self._given_up[seq] = now
+            if len(self._given_up) > GIVEN_UP_KEPT:
+                del self._given_up[next(iter(self._given_up))]
         if self._run <= MAX_CONCEALED_RUN:
             self.stats.concealed += 1
             return [Release(seq, None, self._last_csrc)]
@@ -183,10 +231,61 @@ class JitterBuffer:
             expected += skip * self._slot
         out: list[Release] = []
         for _ in range(due):
-            out += self._missing(now)
+            if self._reanchor_due(expected + grace, grace):
+                return out + self._reanchor(now)
+            # Not learnt from: this slot waited the grace (at least the wait) with nothing held,
+            # so its packet coming later says the delay moved, not that gaps need a longer wait.
+            out += self._missing(now, learn=False)
             self.stats.underruns += 1
             expected += self._slot
         self._expected = expected
+        return out
+
+    def _hold_late(self, ext: int, packet: tuple[bytes, tuple[int, ...], int], now: float) -> None:
+        """A continuous stream's packet for a slot of the current run, already played out: held
+        (not played) until the stream plays on without it or the buffer re-anchors to it."""
+        if not self._late:
+            self._late_since = now
+        self._late[ext] = packet
+        if len(self._late) > LATE_KEPT:
+            del self._late[min(self._late)]
+            self.stats.late += 1
+
+    def _drop_late(self) -> None:
+        """A packet played on time (or a reset): the late ones held were stragglers, dropped."""
+        self.stats.late += len(self._late)
+        self._late.clear()
+        self._late_since = None
+
+    def _reanchor_due(self, due_at: float, grace: float) -> bool:
+        """At the slot due at `due_at`, with nothing on time: have packets come late for good?
+
+        Decided on the playout clock, not when a packet arrives, and with a hold-off of the
+        underrun grace less half a packet: a step up of S (over the grace) then makes up
+        exactly S / packet duration frames, rounded, whatever the jitter under half a packet.
+        The first made-up slot falls due a grace after the hole in the arrivals opened, the
+        first late packet S after it opened, and the re-anchor comes at the first slot due a
+        hold-off after that, i.e. S less half a packet after the first made-up one.
+        """
+        if len(self._late) < REANCHOR_MIN_PACKETS or self._late_since is None:
+            return False
+        return due_at - self._late_since >= grace - self._slot / 2
+
+    def _reanchor(self, now: float) -> list[Release]:
+        """Move the playout point back to the late packets and play them at once (the slots they
+        fill were already made up once: the frames made up were the delay's rise). What arrives
+        next is then on time; no extra delay stays, since a run is released as soon as it is
+        complete (a fall of the delay later is a burst played at once, too)."""
+        self.stats.reanchors += 1
+        self.stats.reanchored += len(self._late)
+        for seq in self._late:
+            self._given_up.pop(seq, None)
+        self._held.update(self._late)
+        self._next = min(self._late)
+        self._late.clear()
+        self._late_since = None
+        out = self._release_run(now)
+        self._arm(now)
         return out
 
     def _release_run(
@@ -204,6 +303,8 @@ class JitterBuffer:
             self._run = 0
             self.stats.released += 1
         if out:
+            if self._late:
+                self._drop_late()
             # The packet after a release is due one packet duration later; after a run
             # released at once, that is lenient (the run's last packet arrived earlier).
             self._expected = now + self._slot

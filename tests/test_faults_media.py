@@ -644,7 +644,10 @@ async def test_a_vanished_media_processor_ends_the_call_with_graphs_result(rig: 
     await call.wait_for("terminated", 5)
     assert call.result_info is not None
     assert (call.result_info["code"], call.result_info["subcode"]) == (410, 301005)
-    assert call.result_info == {**MEDIA_LOST, "@odata.type": "#microsoft.graph.resultInfo"}
+    assert call.resource["resultInfo"] == {
+        **MEDIA_LOST,
+        "@odata.type": "#microsoft.graph.resultInfo",
+    }
     assert call.media_lost == LOST_DETAIL
     states = [
         e.kind

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from media.jitter import MAX_CONCEALED_RUN, JitterBuffer, Release
+from media.jitter import MAX_CONCEALED_RUN, REANCHOR_MIN_PACKETS, JitterBuffer, Release
 
 
 def feed(jb: JitterBuffer, seqs: list[int], start: float = 0.0) -> list[Release]:
@@ -106,3 +106,67 @@ def test_a_restarted_stream_resets_instead_of_waiting() -> None:
     feed(jb, [0, 1, 2])
     out = jb.add(40000, 0, b"new", (), 1.0)
     assert [r.payload for r in out] == [b"new"] and jb.stats.resets == 1
+
+
+def run_continuous(arrivals: list[tuple[float, int]]) -> tuple[JitterBuffer, list[Release]]:
+    """A continuous stream fed (arrival time, seq) in time order, with expire() run at each
+    deadline before the next arrival, as the receiver's loop timer does."""
+    jb = JitterBuffer(continuous=True)
+    out: list[Release] = []
+    for now, seq in sorted(arrivals):
+        while (deadline := jb.deadline) is not None and deadline <= now:
+            out += jb.expire(deadline)
+        out += jb.add(seq, seq * 960, bytes([seq & 0xFF]), (7,), now)
+    return jb, out
+
+
+def test_a_delay_that_rises_and_stays_is_followed() -> None:
+    """From packet 50 on, every packet takes 200 ms longer. The buffer plays the hole out (10
+    made-up slots), holds the packets that then come late, and moves back to them: all 150 play,
+    in order after the ones before the step."""
+    arrivals = [
+        (seq * 0.02 + 0.003 * (seq % 2) + (0.2 if seq >= 50 else 0.0), seq) for seq in range(200)
+    ]
+    jb, out = run_continuous(arrivals)
+    played = [r.seq for r in out if r.payload is not None]
+    assert played == list(range(200))
+    assert len([r for r in out if r.payload is None]) == 10  # 200 ms of 20 ms slots
+    assert (jb.stats.reanchors, jb.stats.late) == (1, 0)
+    assert jb.stats.reanchored >= REANCHOR_MIN_PACKETS
+
+
+def test_a_burst_after_a_stall_does_not_move_the_playout_point() -> None:
+    """The path stalls 300 ms, then drains what it queued (one packet per 4 ms) and carries on
+    as before: a spike, not a new delay. The packets for slots played out meanwhile are late
+    and dropped, the others play on time, and the delay stays where it was."""
+    arrivals: list[tuple[float, int]] = []
+    for seq in range(100):
+        sent = seq * 0.02
+        at = max(sent, 1.3, arrivals[-1][0] + 0.004) if sent > 1.0 and arrivals else sent
+        arrivals.append((at, seq))
+    jb, out = run_continuous(arrivals)
+    assert jb.stats.reanchors == 0
+    made_up = [r.seq for r in out if r.payload is None]
+    played = [r.seq for r in out if r.payload is not None]
+    assert jb.stats.late == len(made_up) > 5  # each made-up slot's packet came, too late
+    assert played == [seq for seq in range(100) if seq not in made_up]
+
+
+def test_a_straggler_before_a_blackout_does_not_move_the_playout_point() -> None:
+    """One packet held back 150 ms, then nothing for a second: one late packet is no new delay."""
+    arrivals = [(seq * 0.02, seq) for seq in range(50)]
+    arrivals += [(50 * 0.02 + 0.150, 50)]
+    arrivals += [(seq * 0.02, seq) for seq in range(100, 120)]
+    jb, out = run_continuous(arrivals)
+    assert (jb.stats.reanchors, jb.stats.late) == (0, 1)
+    assert [r.seq for r in out if r.payload is not None][-20:] == list(range(100, 120))
+
+
+def test_a_late_packet_held_for_a_re_anchor_counts_once() -> None:
+    jb, _ = run_continuous([(seq * 0.02, seq) for seq in range(10)])
+    assert len(jb.expire(0.5)) == 11  # the stream went quiet: slots 10 to 20 are played out
+    assert jb.add(10, 10 * 960, b"x", (7,), 0.5) == []
+    assert jb.add(10, 10 * 960, b"x", (7,), 0.5) == []
+    assert (jb.stats.duplicates, jb.stats.late) == (1, 0)  # held: it may still play
+    assert [r.seq for r in jb.add(21, 21 * 960, b"y", (7,), 0.51)] == [21]
+    assert jb.stats.late == 1  # played on without it: dropped now

@@ -5,43 +5,44 @@ Each fixture names the Graph document it follows and the state it must leave beh
 
 from __future__ import annotations
 
-import json
 import ssl
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from bot.calls import CallCollection
 from bot.inbound_auth import NotificationValidator
 from bot.webhook import WEBHOOK_PATH, create_app
 from emulator import Emulator
 from tests.conftest import APP_ID, TENANT_ID
-
-FIXTURES = sorted((Path(__file__).parent.parent / "fixtures" / "graph").glob("*.json"))
-
-
-def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
-def _rings(fixture: dict[str, Any]) -> bool:
-    """The fixture's call is an incoming one: its first notification is `created`, incoming."""
-    first = fixture["batches"][0]["value"][0]
-    data = first.get("resourceData")
-    return (
-        first.get("changeType") == "created"
-        and isinstance(data, dict)
-        and (data.get("state") == "incoming")
-    )
+from tests.graph_fixtures import FIXTURES, GRAPH, INDEX, collection, load
 
 
 def test_there_are_fixtures() -> None:
     assert len(FIXTURES) >= 20
+
+
+def test_every_documented_example_has_its_fixture() -> None:
+    """fixtures/graph/index.json lists the Graph pages' notification examples: each names a
+    fixture that exists and says it follows that page, and each doc_ fixture is listed (pages
+    with no notification example are listed apart, with why)."""
+    index = load(INDEX)
+    assert (index["format"], index["version"]) == ("graph-media-bot/graph-examples", 1)
+    listed = set()
+    for entry in index["examples"]:
+        assert entry["page"].startswith("https://learn.microsoft.com/"), entry
+        assert entry["fixture"], f"{entry['page']} {entry['example']!r} has no fixture"
+        path = GRAPH / entry["fixture"]
+        assert path.is_file(), f"{entry['fixture']} (for {entry['page']}) does not exist"
+        fixture = load(path)
+        assert fixture["source"].startswith(entry["page"]), entry["fixture"]
+        if path.name.startswith("doc_"):  # the page's own example, named as the page heads it
+            assert fixture["source"] == entry["page"], entry["fixture"]
+            assert fixture["example"] == entry["example"], entry["fixture"]
+        listed.add(path)
+    unlisted = [p.name for p in FIXTURES if p.name.startswith("doc_") and p not in listed]
+    assert not unlisted, f"not in index.json: {unlisted}"
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
@@ -50,22 +51,11 @@ async def test_fixture(
 ) -> None:
     fixture = load(path)
     expect = fixture["expect"]
-    calls = CallCollection()
-    fired: Counter[str] = Counter()
-    for name in (
-        "state",
-        "participants",
-        "tone",
-        "operation",
-        "terminated",
-        "content_sharing",
-        "incoming_call",
-    ):
-        calls.events.on(name, lambda *args, _n=name: fired.update([_n]))
-    if not _rings(fixture):  # else Graph rings the bot, and its `created` adds the call
-        # The bot placed the call: its POST answer named it (notifications for calls it does
-        # not know are only held, bot/calls.py).
-        calls.get_or_add(fixture["call_id"]).delta_roster = bool(fixture.get("delta_roster"))
+    calls, fired = collection(fixture)
+    started = [
+        calls.calls[fixture["call_id"]].operations[r["id"]]
+        for r in fixture.get("started_operations", ())
+    ]
     token = emulator.notification_keys[0].sign(
         {"iss": "https://api.botframework.com", "aud": APP_ID, "tid": TENANT_ID}
     )
@@ -108,6 +98,50 @@ async def test_fixture(
         assert call is not None
         for key, value in expect["resource"].items():
             assert call.resource[key] == value
+    if "operation_results" in expect:
+        assert call is not None
+        results = {k: call.operations[k].result for k in expect["operation_results"]}
+        assert {
+            k: {"code": r.code, "subcode": r.subcode} if r else None for k, r in results.items()
+        } == expect["operation_results"]
+    if "recording_locations" in expect:
+        assert call is not None
+        assert {
+            k: call.operations[k].recording_location for k in expect["recording_locations"]
+        } == expect["recording_locations"]
+    if "completion_reasons" in expect:
+        assert call is not None
+        assert {
+            k: call.operations[k].completion_reason for k in expect["completion_reasons"]
+        } == expect["completion_reasons"]
+    if "termination_reason" in expect:
+        assert call is not None and call.termination_reason == expect["termination_reason"]
+    if "lobby" in expect:
+        assert call is not None and sorted(p.id for p in call.lobby) == expect["lobby"]
+    if "participant_recording" in expect:
+        assert call is not None
+        assert {
+            pid: call.participants[pid].recording_status for pid in expect["participant_recording"]
+        } == expect["participant_recording"]
+    if "screen_sharer" in expect:
+        assert call is not None
+        sharer = call.screen_sharer
+        assert (sharer.id if sharer else None) == expect["screen_sharer"]
+    if "large_gallery" in expect:
+        assert call is not None
+        gallery = call.large_gallery
+        assert (gallery.id if gallery else None) == expect["large_gallery"]
+        if gallery is not None:
+            view = gallery.large_gallery_view
+            assert view is not None and view.video_msi is not None
+    if "media_state" in expect:
+        assert call is not None and call.media_state == expect["media_state"]
+    if "content_sharing_sessions" in expect:
+        assert call is not None
+        assert sorted(call.content_sharing) == expect["content_sharing_sessions"]
+    for op in started:  # the action's waiter has the outcome the notification gave
+        if op.status in ("completed", "failed"):
+            assert op.done
     if "events" in expect:
         assert {k: fired[k] for k in expect["events"]} == expect["events"]
     assert calls.duplicates == expect.get("duplicates", 0)

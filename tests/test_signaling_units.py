@@ -42,7 +42,7 @@ async def test_deleted_terminates_and_keeps_result_info() -> None:
     item["resourceUrl"] = "/communications/calls/c"
     registry.apply(item)
     assert registry.calls["c"].state == "terminated"
-    assert registry.calls["c"].result_info == {"code": 0, "subcode": 7015}
+    assert registry.calls["c"].result_info == {"code": 0, "subcode": 7015, "message": ""}
 
 
 async def test_roster_links_audio_msis_to_participants() -> None:
