@@ -65,7 +65,11 @@ class Facets:
     media_state: dict[str, str]
 
 
-def facets(call: Call) -> Facets:
+def facets(call: Call, roster: bool = True) -> Facets:
+    """roster=False: only the call's own facets (a call notification changes no participant,
+    and a large meeting's roster is not worth reading for it)."""
+    if not roster:
+        return Facets({}, frozenset(), {}, None, None, call.media_state)
     people = dict(call.participants.items())
     sharer = call.screen_sharer
     gallery = call.large_gallery

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from bot.call import Call, CallContext
-from bot.call_views import apply_content_sharing, changes, facets
+from bot.call_views import Facets, apply_content_sharing, changes, facets
 from bot.events import CALL_EVENTS, EventHandlers
 from bot.notifications import (
     CallChanged,
@@ -232,7 +232,8 @@ class CallCollection:
             self.learned(call)
 
     def _apply_note(self, call: Call, note: Notification) -> None:
-        before = facets(call)
+        roster = isinstance(note, RosterChanged)
+        before = facets(call, roster)
         if isinstance(note, CallChanged):
             self._call_changed(call, note)
         elif isinstance(note, RosterChanged):
@@ -249,12 +250,13 @@ class CallCollection:
             sharing = apply_content_sharing(call, note)
             if sharing:
                 self._enqueue(call, "content_sharing", call, sharing)
-        self._emit_changes(call, before)
+        if roster or isinstance(note, CallChanged):
+            self._emit_changes(call, before, roster)
 
-    def _emit_changes(self, call: Call, before: Any) -> None:
+    def _emit_changes(self, call: Call, before: Facets, roster: bool) -> None:
         """Lobby, recording status, screen sharing, large gallery and media state events for
         what the notification changed (bot/call_views.py)."""
-        for name, args in changes(call, before, facets(call)):
+        for name, args in changes(call, before, facets(call, roster)):
             self._enqueue(call, name, *args)
 
     def _count_duplicate(self, note: Notification, item: dict[str, Any]) -> None:
