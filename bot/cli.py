@@ -1,4 +1,4 @@
-"""The `bot` command: demo, serve, join, processors, settings.
+"""The `bot` command: demo, serve, join, processors, settings, frames.
 
 Every mistake a user can make in settings, files, certificates, ports or processor names ends
 in one line `bot: ...` that names the setting and the value, and exit status 2; `-v` adds the
@@ -85,6 +85,25 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_argument(
         "--reference", action="store_true", help="print docs/settings.md (every setting)"
     )
+    frames = sub.add_parser(
+        "frames", parents=[common], help="make or check a frames fixture (replay tests)"
+    )
+    fixture = frames.add_subparsers(dest="frames_command", required=True)
+    record = fixture.add_parser(
+        "record",
+        parents=[common],
+        help="record a fixture from an emulator scenario's meeting, with its script",
+    )
+    record.add_argument("--scenario", default="turns", help="emulator/scenarios/NAME.toml")
+    record.add_argument("--seconds", type=float, default=6.0, help="how long the bot stays")
+    record.add_argument("--out", type=Path, required=True, help="the fixture directory")
+    record.add_argument("--mixed", action="store_true", help="mixed audio (default unmixed)")
+    check = fixture.add_parser(
+        "replay",
+        parents=[common],
+        help="replay a fixture through the default VAD and score it against its script",
+    )
+    check.add_argument("directory", type=Path, help="the fixture directory")
     return parser
 
 
@@ -109,6 +128,8 @@ def _run(args: argparse.Namespace, verbose: bool) -> int:
 
         print_processors()
         return 0
+    if args.command == "frames":
+        return _frames(args, verbose)
     if args.command == "demo" and args.list:
         from emulator.scenario import load, names
 
@@ -152,6 +173,28 @@ def _run(args: argparse.Namespace, verbose: bool) -> int:
             return _fail(str(exc), verbose)
     url = getattr(args, "url", None)
     return _run_until_signal(lambda interrupts: _serve(settings, url, interrupts))
+
+
+def _frames(args: argparse.Namespace, verbose: bool) -> int:
+    """`frames record|replay`: no settings (recording runs its own emulator, as the demo)."""
+    from bot.frame_fixtures import record_scenario, report
+    from media.pipeline.fixture_format import load
+
+    try:
+        if args.frames_command == "record":
+            fixture = asyncio.run(
+                record_scenario(args.scenario, args.seconds, args.out, args.mixed)
+            )
+        else:
+            fixture = load(args.directory)
+    except ValueError as exc:  # FixtureError, ScenarioError: a file or name to fix
+        return _fail(str(exc), verbose)
+    except RuntimeError as exc:  # the emulated call carried no media: not a usage mistake
+        print(f"bot: {exc}", file=sys.stderr)
+        return 1
+    for line in report(fixture):
+        print(line)
+    return 0
 
 
 def _shown(value: Any) -> str:

@@ -1,5 +1,6 @@
 """The media platform's session events on the control loop: a bounded history, waiters for the
-next matching event, and the media-lost watch that ends a call whose media is gone."""
+next matching event, the media processor's `error` messages as the call's `media` event, and the
+media-lost watch that ends a call whose media is gone."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from bot.call import Call
 from bot.calls import CallCollection
 from bot.errors import GraphError
+from media.events import MediaProcessorError
 from media.session import MediaEvent
 
 # The Bot's logger: these lines were, and still are, the bot's (BOT_LOG_LEVELS names bot.app).
@@ -40,6 +42,8 @@ class MediaEvents:
         self.history.append(event)
         if event.kind in ("failed", "closed"):
             self._media_ended(event)
+        elif isinstance(event.data, MediaProcessorError):
+            self._mp_error(event.data)
         waiters, self._waiters = self._waiters, []
         for predicate, future in waiters:
             if future.done():
@@ -78,14 +82,31 @@ class MediaEvents:
             watch.cancel()
         await asyncio.gather(*watches, return_exceptions=True)
 
+    def _mp_error(self, error: MediaProcessorError) -> None:
+        """The media processor refused something the bot sent (docs/media-protocol.md, Errors):
+        the call's handlers hear it as `media`, as the event alone (like `speech`)."""
+        call = self._call_on(error.session_id)
+        if call is None:
+            return
+        logger.warning(
+            "Call(%s) media processor error %s: %s",
+            call.id,
+            error.code,
+            error.message,
+            extra={"call_id": call.id},
+        )
+        self._calls.dispatch(call, "media", error)
+
+    def _call_on(self, session_id: str) -> Call | None:
+        return next(
+            (c for c in self._calls.calls.values() if c.media_session_id == session_id), None
+        )
+
     def _media_ended(self, event: MediaEvent) -> None:
         """A call's media session failed or closed while the call goes on: its media
         processor vanished, or said bye just before Graph's `terminating`. Graph normally ends
         the call (the media-lost watch ends with it); if it does not, the watch hangs up."""
-        call = next(
-            (c for c in self._calls.calls.values() if c.media_session_id == event.session_id),
-            None,
-        )
+        call = self._call_on(event.session_id)
         if self._stopping() or call is None or call.state in ("terminating", "terminated"):
             return
         if event.kind == "failed":

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bot.notifications import RosterChanged
+from bot.operations import Operation
 from bot.resources import (
     LargeGalleryView,
     MediaStream,
@@ -24,10 +25,6 @@ from bot.resources import (
     media_streams,
 )
 from media.control import MAX_MSI
-
-if TYPE_CHECKING:
-    from bot.call import Call
-    from bot.operations import Operation
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +41,21 @@ class RosterUpdate:
         return bool(self.added or self.updated or self.removed)
 
 
+class ParticipantCall(Protocol):
+    """What a participant needs from its call (bot.call.Call is one): Graph requests under the
+    call's URL. A Protocol, so that this module never imports bot/call.py, which imports it."""
+
+    async def operation(self, path: str, body: dict[str, Any]) -> Operation:
+        """POST an action under the call's URL that returns a commsOperation, tracked."""
+        ...
+
+    async def request(self, method: str, path: str = "") -> dict[str, Any]:
+        """Send a request under the call's URL; the answer's JSON."""
+        ...
+
+
 class Participant:
-    def __init__(self, call: Call, resource: dict[str, Any]) -> None:
+    def __init__(self, call: ParticipantCall, resource: dict[str, Any]) -> None:
         self._call = call
         self.id = canonical_id(resource["id"])
         self.resource = resource

@@ -272,7 +272,12 @@ class MediaProcessorLink:
         self.participants = list(participants)
         self._session = aiohttp.ClientSession()
         self._ws = ws = await self._session.ws_connect(
-            self._blob["mpUri"], ssl=self._ssl if self._ssl is not None else True
+            self._blob["mpUri"],
+            ssl=self._ssl if self._ssl is not None else True,
+            # At most MAX_MESSAGE_BYTES (aiohttp refuses max_msg_size itself: one more), no
+            # permessage-deflate (docs/media-protocol.md, Transport).
+            max_msg_size=mpcontrol.MAX_MESSAGE_BYTES + 1,
+            compress=0,
         )
         await ws.send_str(
             mpcontrol.encode(
@@ -593,10 +598,11 @@ class MediaProcessorLink:
             for task in tasks:
                 task.cancel()
             if ws is not None and not ws.closed:
-                try:
-                    await ws.send_str(mpcontrol.encode("bye", reason=reason))
-                except (ConnectionError, RuntimeError):
-                    pass
+                if self.bye_reason is None:  # a bye is not answered with one
+                    try:
+                        await ws.send_str(mpcontrol.encode("bye", reason=reason))
+                    except (ConnectionError, RuntimeError):
+                        pass
                 await ws.close()
         finally:
             if self._audio is not None:

@@ -12,7 +12,9 @@ from typing import Any
 from media import safe_json
 
 PROTOCOL = "webrtc-mp/1"
-MAX_MESSAGE_BYTES = 256 * 1024  # an SDP offer with 16 m-lines is ~20 KB
+# The UTF-8 payload of one message, at most (an SDP offer with 16 m-lines is ~20 KB). Enforced by
+# the WebSocket reader (media/server.py), which closes with 1009 past it before buffering more.
+MAX_MESSAGE_BYTES = 256 * 1024
 
 # Required string fields per message type, sent by either side.
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -25,7 +27,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "videoSource": (),
     "dominantSpeaker": (),
     "bye": (),
-    "error": ("code",),
+    "error": ("code", "message"),
 }
 # Required whole-number fields: (name, nullable).
 _INTEGERS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -38,17 +40,17 @@ MAX_MSI = 0xFFFFFFFF
 
 
 class ControlError(ValueError):
-    """A control message that cannot be accepted; `code` goes back in an error message."""
+    """A control message that cannot be accepted; `code` goes back in an error message.
+    `kind` is the message's type when it has a known one (an `error` is never answered)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, kind: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.kind = kind
 
 
 def parse(text: str | bytes) -> dict[str, Any]:
     """Decode and validate one control message. Raises ControlError with a precise reason."""
-    if len(text) > MAX_MESSAGE_BYTES:
-        raise ControlError("badMessage", f"message over {MAX_MESSAGE_BYTES} bytes")
     try:
         message = safe_json.loads(text)
     except safe_json.JsonRefused as exc:
@@ -56,21 +58,29 @@ def parse(text: str | bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ControlError("badMessage", "a message is a JSON object")
     kind = message.get("type")
-    if not isinstance(kind, str) or kind not in _REQUIRED:
-        raise ControlError("unknownType", f"unknown message type {kind!r}")
+    # `type` is a required string field like any other: missing, empty or not a string is
+    # badMessage; only a type the table does not list is unknownType (docs/media-protocol.md).
+    if not isinstance(kind, str) or not kind:
+        raise ControlError("badMessage", "field 'type' must be a non-empty string")
+    if kind not in _REQUIRED:
+        raise ControlError("unknownType", f"unknown message type {kind[:64]!r}")
     for name in _REQUIRED[kind]:
         if not isinstance(message.get(name), str) or not message[name]:
-            raise ControlError("badMessage", f"{kind}: field {name!r} must be a non-empty string")
+            raise ControlError(
+                "badMessage", f"{kind}: field {name!r} must be a non-empty string", kind
+            )
     for name, nullable in _INTEGERS.get(kind, ()):
         value = message.get(name)
         if value is None and nullable and name in message:
             continue
         if not _is_uint32(value):
-            raise ControlError("badMessage", f"{kind}: field {name!r} must be an integer")
+            raise ControlError("badMessage", f"{kind}: field {name!r} must be an integer", kind)
     if kind == "dominantSpeaker":
         history = message.get("history", [])
         if not isinstance(history, list) or not all(_is_uint32(m) for m in history):
-            raise ControlError("badMessage", "dominantSpeaker: history must be a list of MSIs")
+            raise ControlError(
+                "badMessage", "dominantSpeaker: history must be a list of MSIs", kind
+            )
     return message
 
 
@@ -89,4 +99,5 @@ def encode(kind: str, **fields: Any) -> str:
 
 
 def error(code: str, message: str) -> str:
-    return encode("error", code=code, message=message)
+    # `message` is a required field: never empty, whatever the exception said.
+    return encode("error", code=code, message=message or code)

@@ -49,6 +49,16 @@ class VideoKeyFrameNeeded:
     socket_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class MediaProcessorError:
+    """The media processor sent an `error` message (docs/media-protocol.md, Errors): it could
+    not do what the bot asked (`badSubscription`) or refused something the bot sent."""
+
+    session_id: str
+    code: str
+    message: str
+
+
 SocketEvent = (
     ToneReceived
     | DominantSpeakerChanged

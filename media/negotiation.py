@@ -12,10 +12,16 @@ so registration is process-wide and idempotent:
 - abs-capture-time (http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time): the original
   sender's capture time on unmixed streams (docs/media-protocol.md). aiortc drops header
   extensions it does not know, so the transport gets a map that keeps this one.
+
+And what the bot's answers may hold, per offer rather than process-wide (the emulator shares
+these tables in one process): the m-lines docs/media-protocol.md lists for the session, and on
+audio only the codecs the receive path decodes. aiortc answers G.722, PCMU and PCMA when they
+are offered, but media/engine.py decodes every audio payload as Opus.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -26,6 +32,8 @@ from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, unpack_header_exte
 from media.clock import TICKS_PER_SECOND
 
 TELEPHONE_EVENT = "audio/telephone-event"
+OPUS = "audio/opus"
+_M_LINE = re.compile(r"^m=(\S+) ", re.MULTILINE)  # RFC 8866 section 5.14: m=<media> <port> ...
 ABS_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
 # Our offers never carry this id; as answerer we take the offer's. It must not collide with the
 # ids aiortc uses for audio or video, which share one space under BUNDLE (aiortc codecs table).
@@ -57,6 +65,43 @@ def register() -> None:
         extensions.append(
             RTCRtpHeaderExtensionParameters(id=ABS_CAPTURE_TIME_ID, uri=ABS_CAPTURE_TIME)
         )
+
+
+def check_m_lines(offer_sdp: str, audio: tuple[int, int], video: int) -> None:
+    """The offer's m-lines are the session's (docs/media-protocol.md, m-lines): `audio[0]` to
+    `audio[1]` audio m-lines, then exactly `video` video m-lines, nothing else. Raises
+    ValueError saying how they differ. The bot rejects no single m-line (no port 0): it takes
+    the whole offer or refuses it, and the MP, which knows the blob, can offer again."""
+    kinds = _M_LINE.findall(offer_sdp)
+    n_audio = next((i for i, kind in enumerate(kinds) if kind != "audio"), len(kinds))
+    low, high = audio
+    if not low <= n_audio <= high:
+        takes = f"{low} to {high}" if high > low else f"{low}"
+        raise ValueError(
+            f"the offer starts with {n_audio} audio m-lines; this session takes {takes}"
+        )
+    rest = kinds[n_audio:]
+    if rest != ["video"] * video:
+        raise ValueError(
+            f"after the audio the offer has m-lines {rest}; this session takes {video} video"
+        )
+
+
+def answer_audio_codecs(
+    codecs: list[RTCRtpCodecParameters], dtmf: bool
+) -> list[RTCRtpCodecParameters]:
+    """Of the codecs an audio m-line has in common with ours, the ones the bot answers: Opus
+    first, then telephone-event/48000 if `dtmf` (the first m-line). Raises ValueError without
+    Opus/48000/2."""
+    opus = [c for c in codecs if c.mimeType.lower() == OPUS]
+    if not opus:
+        raise ValueError("an audio m-line without Opus/48000/2, the one audio codec the bot takes")
+    events = [
+        c
+        for c in codecs
+        if dtmf and c.mimeType.lower() == TELEPHONE_EVENT and c.clockRate == 48_000
+    ]
+    return opus + events
 
 
 def capture_ticks(ntp_value: int) -> int:

@@ -25,6 +25,7 @@ from media.events import (
     NO_DOMINANT_SPEAKER,
     AudioSendStatusChanged,
     DominantSpeakerChanged,
+    MediaProcessorError,
     SocketEvent,
     ToneReceived,
     VideoKeyFrameNeeded,
@@ -67,18 +68,21 @@ def _stack_version() -> str:
 class MediaEvent:
     """A plain message from the media side to the control side.
 
-    kind: "connected", "failed", "closed" (the session), or a socket event's name ("tone",
-    "dominantSpeaker", "audioSendStatus", "videoReceiveStatus", "videoSource",
-    "videoSendStatus", "videoKeyFrameNeeded") with the event itself in `data`.
+    kind: "connecting", "connected", "failed", "closed" (the session), "mp_error" (the media
+    processor sent an `error` message: a MediaProcessorError in `data`, "code: message" in
+    `detail`), or a socket event's name ("tone", "dominantSpeaker", "audioSendStatus",
+    "videoReceiveStatus", "videoSource", "videoSendStatus", "videoKeyFrameNeeded") with the
+    event itself in `data`.
     "failed" says why in `detail`: ICE or DTLS failed (RFC 7675 consent lost included), or the
     media processor was lost (its control connection ended without `bye`; LOST_DETAIL). A
     failed session is closed right after ("closed") when its control connection is gone.
+    "closed" has the reason in `detail`: the MP's bye reason, or the bot's close reason.
     """
 
     session_id: str
     kind: str
     detail: str = ""
-    data: SocketEvent | None = None
+    data: SocketEvent | MediaProcessorError | None = None
 
 
 _EVENT_KINDS: dict[type, str] = {
@@ -155,7 +159,9 @@ class LocalMediaSession:
         self._assembler: UnmixedAssembler | None = None
         self._assembler_timer: asyncio.TimerHandle | None = None
         self._control: Callable[[dict[str, Any]], None] | None = None
+        self._end_control: Callable[[str], None] | None = None
         self._closing = False
+        self._close_reason = ""
         self.mp_attached = False
 
     @property
@@ -210,9 +216,38 @@ class LocalMediaSession:
             logger.warning("LocalMediaSession(%s) x %s", self.id, LOST_DETAIL)
             self._set_state("failed", LOST_DETAIL)
 
-    def attach_control(self, send: Callable[[dict[str, Any]], None]) -> None:
-        """Media loop: the control connection's sender (media/server.py)."""
+    def attach_control(
+        self, send: Callable[[dict[str, Any]], None], end: Callable[[str], None]
+    ) -> None:
+        """Media loop: the control connection's sender, and its end (media/server.py): called
+        with the reason when the session closes, it says bye to the MP (unless the MP said it
+        first) and closes the WebSocket."""
         self._control = send
+        self._end_control = end
+        if self._closing:  # closed while the hello was being answered
+            end(self._close_reason)
+
+    @property
+    def ended(self) -> bool:
+        """Closed or closing: no MP can attach any more."""
+        return self._closing
+
+    @property
+    def negotiated(self) -> bool:
+        """The offer is answered (or being answered): webrtc-mp/1 takes one per session."""
+        return self._pc is not None
+
+    def report_mp_error(self, code: str, message: str) -> None:
+        """Media loop: the MP's `error` message, for the application (never answered)."""
+        logger.info("LocalMediaSession(%s) x media processor error %s: %s", self.id, code, message)
+        self._emit(
+            MediaEvent(
+                self.id,
+                "mp_error",
+                f"{code}: {message}",
+                MediaProcessorError(self.id, code, message),
+            )
+        )
 
     def _send_control_threadsafe(self, message: dict[str, Any]) -> None:
         loop = self._loop
@@ -257,9 +292,15 @@ class LocalMediaSession:
     # -- negotiation ------------------------------------------------------------------------------
 
     async def accept_offer(self, offer_sdp: str) -> str:
-        """Media loop: answer the MP's offer. Raises ValueError for an offer we cannot take."""
+        """Media loop: answer the MP's offer. Raises ValueError for an offer we cannot take
+        (its m-lines are not the ones docs/media-protocol.md lists for this session), and
+        whatever aiortc raises for one it cannot apply; the session can then take another."""
         if self._pc is not None:
-            raise ValueError("this session already has a peer connection (renegotiation: TODO)")
+            raise ValueError("this session already has its offer and answer")
+        if self._closing:
+            raise ValueError("this session has ended")
+        wanted = (1, MAX_STREAMS) if self.receive_unmixed_meeting_audio else (1, 1)
+        negotiation.check_m_lines(offer_sdp, wanted, len(self.video_sockets))
         negotiation.register()
         self._loop = asyncio.get_running_loop()
         self._pc = pc = new_peer_connection()
@@ -286,7 +327,8 @@ class LocalMediaSession:
             self._sender = None
             self._cancel_video()
             await pc.close()
-            self._set_state("created")
+            if not self._closing:  # closed meanwhile: "closed" stays the last word
+                self._set_state("created")
             raise
 
     async def _answer(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
@@ -294,16 +336,9 @@ class LocalMediaSession:
         transceivers = pc.getTransceivers()
         audio = [t for t in transceivers if t.kind == "audio"]
         video = [t for t in transceivers if t.kind == "video"]
-        wanted = (1, MAX_STREAMS) if self.receive_unmixed_meeting_audio else (1, 1)
-        if not wanted[0] <= len(audio) <= wanted[1]:
-            raise ValueError(
-                f"the offer has {len(audio)} audio m-lines; this session takes "
-                + (f"1 to {MAX_STREAMS} (unmixed)" if wanted[1] > 1 else "1 (mixed)")
-            )
-        if len(video) != len(self.video_sockets):
-            raise ValueError(
-                f"the offer has {len(video)} video m-lines for {len(self.video_sockets)} sockets"
-            )
+        for i, transceiver in enumerate(audio):
+            # What the answer lists is what the receivers decode: Opus, and DTMF on the first.
+            transceiver._codecs = negotiation.answer_audio_codecs(transceiver._codecs, i == 0)
         negotiation.install_capture_time([t.receiver.transport for t in transceivers])
         self._hook_audio(audio)
         loop = asyncio.get_running_loop()
@@ -412,10 +447,17 @@ class LocalMediaSession:
         return tasks
 
     async def close(self, reason: str = "") -> None:
-        """Media loop: stop sending and tear the peer connection down. Idempotent."""
+        """Media loop: say bye to the MP and close the control connection (unless the MP ended
+        it), stop sending and tear the peer connection down. Idempotent."""
         if self._closing:
             return
         self._closing = True
+        self._close_reason = reason
+        if self._end_control is not None:
+            # First, so the bye goes before the DTLS close_notify and RTCP BYE of pc.close()
+            # (other paths, so the MP may still see those first); the close handshake runs
+            # beside the teardown, on the connection's own task.
+            self._end_control(reason)
         if self._sender is not None:
             await self._sender.stop()
         for receiver in self._receivers:
@@ -445,6 +487,8 @@ class LocalMediaSession:
                     "concealment_skipped": r.jitter.skipped,
                     "jitter_us": round(r.jitter.jitter_seconds * 1e6),
                     "jitter_wait_us": round(r.jitter.wait_seconds * 1e6),
+                    # The playout point moved back to follow a rise in delay (media/jitter.py).
+                    "jitter_reanchors": r.jitter.reanchors,
                     "late_or_duplicate": r.stats.late_or_duplicate,
                     "decode_errors": r.stats.decode_errors,
                 }
@@ -461,6 +505,7 @@ class LocalMediaSession:
             stats["rtp_late_or_duplicate"] = sum(s["late_or_duplicate"] for s in streams)
             stats["jitter_us"] = max(s["jitter_us"] for s in streams)
             stats["jitter_wait_us"] = max(s["jitter_wait_us"] for s in streams)
+            stats["jitter_reanchors"] = sum(s["jitter_reanchors"] for s in streams)
             stats["tones_received"] = sum(r.stats.tones for r in self._receivers)
         if self._sender is not None:
             s = self._sender.stats

@@ -1,30 +1,50 @@
 """The media-control endpoint (docs/media-protocol.md): bad input gets an error message, never a
-crash."""
+crash, and the media processor's own errors reach the application. (tests/test_media_conformance.py
+walks the whole page.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
 
+from bot.app import Bot
 from bot.devcerts import DevCerts
+from emulator import Emulator
 from media import MediaPlatform, MediaPlatformSettings
 from media.control import PROTOCOL
+from media.events import MediaProcessorError
+from media.session import MediaEvent, MediaSessionOptions
+from media.video import VideoSocketSettings
+from tests.conftest import settings_for
 
 
-@pytest.fixture
-def platform(certs: DevCerts) -> Iterator[MediaPlatform]:
+def start_platform(
+    certs: DevCerts, on_event: Callable[[MediaEvent], None] | None = None, **settings: Any
+) -> MediaPlatform:
+    """A started media platform on a free port with the test certificate (tests/conftest.py);
+    `settings` are MediaPlatformSettings fields."""
     media = MediaPlatform(
         MediaPlatformSettings(
             certificate_file=certs.cert_file,
             private_key_file=certs.key_file,
             instance_internal_port=0,
-        )
+            **settings,
+        ),
+        on_event=on_event,
     )
     media.start()
+    return media
+
+
+@pytest.fixture
+def platform(certs: DevCerts) -> Iterator[MediaPlatform]:
+    media = start_platform(certs)
     yield media
     media.stop()
 
@@ -128,3 +148,29 @@ async def test_garbage_after_hello_is_answered_and_the_session_survives(
     fresh = platform.create_session()
     replies = await _exchange(http, client_ssl, fresh.mp_uri, hello(fresh.id, fresh.token))
     assert replies[0]["type"] == "welcome"
+
+
+async def test_a_media_processor_error_is_the_calls_media_event(
+    emulator: Emulator, certs: DevCerts
+) -> None:
+    """The emulator's MP refuses a subscription to an MSI nobody has (badSubscription): the
+    call's `media` handlers get it as a MediaProcessorError, through the bot's real path."""
+    bot = Bot(settings_for(emulator, certs))
+    await bot.start()
+    try:
+        options = MediaSessionOptions(video_sockets=(VideoSocketSettings("recvonly"),))
+        call = await bot.join(emulator.join_url(emulator.config.meetings[0]), media_options=options)
+        heard: asyncio.Queue[MediaProcessorError] = asyncio.Queue()
+        call.events.on("media", heard.put_nowait)
+        await call.wait_for("established", 15)
+        session = bot.media_session(call)
+        assert session is not None
+        socket = session.video_sockets[0]
+        if socket.receive_status != "active":
+            await bot.wait_media_event(lambda e: socket.receive_status == "active", 10)
+        socket.subscribe(0xBAD, "sd360p")
+        error = await asyncio.wait_for(heard.get(), 10)
+        assert error.session_id == session.id and error.code == "badSubscription", error
+        assert error.message
+    finally:
+        await bot.stop()

@@ -1,6 +1,8 @@
-"""Frames-level fixtures (media/pipeline/replay.py): the format round-trips frames exactly, a bad
-fixture says what is wrong, and replaying the shipped fixtures through the VAD gives the
-scenario's script back, the same way every time, far faster than real time."""
+"""Frames-level fixtures (media/pipeline/fixture_format.py, media/pipeline/replay.py): the
+format round-trips frames exactly, a bad fixture says what is wrong, and replaying the shipped
+fixtures through the VAD gives the scenario's script back, the same way every time, far faster
+than real time. `python -m bot frames record|replay` (bot/frame_fixtures.py) makes and checks
+one."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bot.frame_fixtures import record_scenario
 from media.frames import AUDIO_FRAME_SAMPLES, AudioFrame, Pcm, UnmixedAudioBuffer
 from media.pipeline import EchoProcessor
 from media.pipeline.events import MIXED, SpeechStopped
@@ -25,11 +28,11 @@ from media.pipeline.replay import (
     fixture_recorder_factory,
     gap_ticks,
     load,
-    main,
     match_script,
     replay,
     save_frames,
 )
+from tests.cli import run_bot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "frames"
 SHIPPED = ["turns-unmixed", "turns-mixed"]
@@ -350,9 +353,19 @@ def test_match_script_scores_onsets_offsets_and_false_detections(tmp_path: Path)
     assert extra == segments[1:]
 
 
-def test_the_cli_replays_a_fixture(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["replay", str(FIXTURES / "turns-unmixed")]) == 0
-    out = capsys.readouterr().out
-    assert "within 60 ms: 9/9" in out and "x real time" in out
-    assert main(["replay", str(FIXTURES / "nope")]) == 1
-    assert "manifest.json: missing" in capsys.readouterr().out
+async def test_the_cli_replays_a_fixture(tmp_path: Path) -> None:
+    ran = await run_bot("frames", "replay", str(FIXTURES / "turns-unmixed"), env={}, cwd=tmp_path)
+    assert ran.code == 0, ran.stderr
+    assert "within 60 ms: 9/9" in ran.stdout and "x real time" in ran.stdout
+    ran = await run_bot("frames", "replay", str(FIXTURES / "nope"), env={}, cwd=tmp_path)
+    assert ran.code == 2 and "manifest.json: missing" in ran.stderr, ran
+
+
+async def test_a_fixture_is_recorded_from_an_emulated_meeting(tmp_path: Path) -> None:
+    """`bot frames record` in-process, for 2 s of the turns meeting: the three speakers'
+    first utterances (0.2 to 1.5 s) are in the saved frames and in the clipped script."""
+    fixture = await record_scenario("turns", 2.0, tmp_path / "fixture")
+    assert fixture.manifest.mode == "unmixed" and fixture.frames
+    assert sorted(fixture.manifest.script) == [5101, 5102, 5103]
+    assert {msi for f in fixture.frames for msi in f.active_speakers} >= {5101, 5102, 5103}
+    assert "`python -m bot frames record --scenario turns --seconds 2`" in fixture.manifest.source
