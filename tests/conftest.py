@@ -6,11 +6,13 @@ import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.app import Bot
 from bot.devcerts import DevCerts, make_dev_certs
 from bot.settings import Settings
 from emulator import Emulator, EmulatorConfig
@@ -95,3 +97,20 @@ def settings_for(emu: Emulator, certs: DevCerts) -> Settings:
 def write_text(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@asynccontextmanager
+async def running_bot(
+    certs: DevCerts, time_scale: float, **changes: Any
+) -> AsyncIterator[tuple[Emulator, Bot]]:
+    """An emulator and a started Bot on this loop, the bot's settings changed by `changes`;
+    both stopped afterwards. time_scale shrinks Graph's windows and the emulator's delays."""
+    emulator = Emulator(emulator_config(certs, time_scale=time_scale))
+    await emulator.start()
+    bot = Bot(settings_for(emulator, certs).replace(**changes), window_scale=time_scale)
+    try:
+        await bot.start()
+        yield emulator, bot
+    finally:
+        await bot.stop()
+        await emulator.stop()

@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.call import STATE_ORDER, Call
 from bot.calls import CallCollection
+from bot.events import CALL_EVENTS
 from bot.notifications import (
     CallChanged,
     ContentSharingChanged,
@@ -24,19 +25,9 @@ from bot.notifications import (
 GRAPH = Path(__file__).parent.parent / "fixtures" / "graph"
 FIXTURES = sorted(p for p in GRAPH.glob("*.json") if p.name != "index.json")
 INDEX = GRAPH / "index.json"
-EVENTS = (
-    "state",
-    "participants",
-    "tone",
-    "operation",
-    "terminated",
-    "content_sharing",
-    "incoming_call",
-    "lobby",
-    "participant_recording",
-    "screen_sharing",
-    "large_gallery",
-    "media_state",
+# Graph's events (the media-side ones, speech, pipeline and media, come from no notification).
+EVENTS = tuple(
+    e for e in (*CALL_EVENTS, "incoming_call") if e not in ("speech", "pipeline", "media")
 )
 
 

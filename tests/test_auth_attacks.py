@@ -22,8 +22,7 @@ import math
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -36,7 +35,7 @@ from bot.devcerts import DevCerts
 from bot.inbound_auth import UNKNOWN_KID_BURST
 from emulator import Emulator
 from emulator.keys import SigningKey
-from tests.conftest import APP_ID, TENANT_ID, emulator_config, settings_for
+from tests.conftest import APP_ID, TENANT_ID, running_bot
 
 SCALE = 0.05  # Graph's timing rules 20x faster (an incoming call rings 0.75 s)
 WITHIN = 10.0
@@ -47,17 +46,8 @@ ATTACKER = "127.0.0.2"
 ISSUER = "https://api.botframework.com"
 
 
-@asynccontextmanager
-async def running(certs: DevCerts, **changes: Any) -> AsyncIterator[tuple[Emulator, Bot]]:
-    emulator = Emulator(emulator_config(certs, time_scale=SCALE))
-    await emulator.start()
-    bot = Bot(settings_for(emulator, certs).replace(**changes), window_scale=SCALE)
-    try:
-        await bot.start()
-        yield emulator, bot
-    finally:
-        await bot.stop()
-        await emulator.stop()
+def running(certs: DevCerts, **changes: Any) -> AbstractAsyncContextManager[tuple[Emulator, Bot]]:
+    return running_bot(certs, SCALE, **changes)
 
 
 def _client(

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -22,26 +21,15 @@ from bot.call import Call
 from bot.call_requests import meeting_body
 from bot.graph import shapes
 from bot.join_url import parse_join_url
-from bot.settings import Settings
 from emulator import Emulator
-from tests.conftest import APP_ID, emulator_config, settings_for
+from tests.conftest import APP_ID, running_bot
 
 WITHIN = 10.0
 SCALE = 0.05
 
 
-@asynccontextmanager
-async def running(certs: Any, policy: str) -> AsyncIterator[tuple[Emulator, Bot]]:
-    emulator = Emulator(emulator_config(certs, time_scale=SCALE))
-    await emulator.start()
-    settings: Settings = settings_for(emulator, certs).replace(unknown_calls=policy)
-    bot = Bot(settings, window_scale=SCALE)
-    try:
-        await bot.start()
-        yield emulator, bot
-    finally:
-        await bot.stop()
-        await emulator.stop()
+def running(certs: Any, policy: str) -> AbstractAsyncContextManager[tuple[Emulator, Bot]]:
+    return running_bot(certs, SCALE, unknown_calls=policy)
 
 
 async def someone_elses_call(emulator: Emulator, bot: Bot) -> str:
