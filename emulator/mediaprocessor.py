@@ -19,7 +19,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -43,10 +42,17 @@ from emulator.dtmf import DtmfReceiver, event_of
 from emulator.impairment import ImpairedPath, Impairment, ImpairmentCounts
 from emulator.mpaudio import RECORD_FRAMES, MeetingAudio, SpeakingTick
 from emulator.mpcontrol import PROTOCOL, ControlError
+from emulator.mphooks import (
+    _ice_connection,
+    _key_frame,
+    _restrict_host_candidates,
+    _send_nothing,
+    _without_telephone_event,
+)
+from emulator.mptypes import DominantChange, MediaProcessorError, Vanishing
 from emulator.mpvideo import VideoSocket, VideoSubscriptions, parse_video_sockets
 from emulator.participant import ParticipantScript
 from emulator.rtpsend import (
-    TELEPHONE_EVENT,
     ParkedTrack,
     RtpStream,
     SendRtp,
@@ -70,28 +76,6 @@ OUTBOX_SIZE = 1000  # control messages waiting for the WebSocket
 LOG_SIZE = 1000  # dominant changes, DTMF tones, control messages kept
 ARRIVALS_KEPT = 60 * 50  # light mode: the last minute of packet arrival times
 OPUS_RTP_RATE_HZ = 48_000
-
-
-class MediaProcessorError(Exception):
-    """The bot's media endpoint could not be reached or refused us (Graph's 7112 case)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DominantChange:
-    """One dominantSpeaker message the MP sent."""
-
-    time: float  # time.monotonic()
-    msi: int  # NO_SPEAKER (4294967295): nobody
-    history: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Vanishing:
-    """How the MP vanished, for Graph's side (emulator/calls.py): whether and after how many
-    seconds of Graph time Graph notices and ends the call."""
-
-    graph_ends_call: bool = True
-    detection_seconds: float | None = None  # None: Graph's usual delay (calls.py)
 
 
 class MediaProcessorLink:
@@ -616,48 +600,3 @@ class MediaProcessorLink:
             finally:
                 if session is not None:
                     await session.close()
-
-
-async def _send_nothing(data: bytes) -> None:
-    """A vanished MP's network: every datagram is lost."""
-
-
-def _ice_connection(transceiver: RTCRtpTransceiver) -> Any:
-    """The aioice.Connection under a transceiver (RTCIceTransport's gatherer's, aiortc
-    rtcicetransport.py; tests/test_network.py fails if the path or aioice's
-    get_component_candidates signature change)."""
-    return transceiver.receiver.transport.transport.iceGatherer._connection
-
-
-def _restrict_host_candidates(pc: RTCPeerConnection, allowed: tuple[str, ...]) -> None:
-    """Gather host candidates on the `allowed` addresses only, loopback included.
-
-    aioice's Connection.gather_candidates binds one socket per address of get_host_addresses(),
-    which leaves out 127.0.0.1 and ::1 (aioice ice.py), and aiortc has no option for it. It then
-    hands the list to get_component_candidates(component, addresses), so each connection's
-    method is wrapped before gathering (createOffer/setLocalDescription) to receive ours instead.
-    An empty list (the relay-only policy, RFC 9429 section 3.5.3) stays empty.
-    """
-    connections = {id(c): c for c in (_ice_connection(t) for t in pc.getTransceivers())}
-    for connection in connections.values():
-        gather = connection.get_component_candidates
-
-        async def restricted(
-            component: int,
-            addresses: list[str],
-            timeout: int = 5,  # noqa: ASYNC109 - aioice's own signature (called with keywords)
-            gather: Any = gather,
-        ) -> Any:
-            return await gather(component, list(allowed) if addresses else [], timeout)
-
-        connection.get_component_candidates = restricted
-
-
-def _key_frame(socket: VideoSocket) -> None:
-    if socket.transceiver is not None:
-        socket.transceiver.sender._send_keyframe()
-
-
-def _without_telephone_event(transceiver: RTCRtpTransceiver) -> None:
-    codecs = RTCRtpSender.getCapabilities("audio").codecs
-    transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() != TELEPHONE_EVENT])
