@@ -19,8 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from media.frames import AUDIO_FRAME_SAMPLES, AudioFrame, Pcm, UnmixedAudioBuffer, VideoFrame
-from media.pipeline import recorder as recorder_module
-from media.pipeline import wavfile
+from media.pipeline import recording_writer, wavfile
 from media.pipeline.events import PipelineEvent, RecorderFailed
 from media.pipeline.processor import AudioProcessor, ProcessorContext, Recording, VideoProcessor
 from media.pipeline.recorder import (
@@ -448,8 +447,8 @@ def test_shared_writer_lives_while_recorders_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A process of its own, as far as the shared writer goes (another test's may be running).
-    monkeypatch.setattr(recorder_module, "_shared_writer", None)
-    monkeypatch.setattr(recorder_module, "_shared_users", 0)
+    monkeypatch.setattr(recording_writer, "_shared_writer", None)
+    monkeypatch.setattr(recording_writer, "_shared_users", 0)
     idle = AudioRecorder(tmp_path / "idle", "s0")
     first = AudioRecorder(tmp_path / "one", "s1")
     second = VideoRecorder(tmp_path / "two", "s2")
