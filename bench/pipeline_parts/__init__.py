@@ -1,2 +1,3 @@
-"""The pipeline benchmark's parts (bench/pipeline.py runs them): the synthetic unmixed load, the
-micro baselines and the webhook client process."""
+"""The pipeline benchmark's parts (bench/pipeline.py runs them): the run plans, the three parts
+(per-stream ticks, real time, the webhook under load), the synthetic unmixed load, the micro
+baselines and the webhook client process."""
